@@ -1,0 +1,38 @@
+// Work splitting for the multi-chunk CPU kernels.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace mtl_fast {
+
+// A slice [begin, end) of the columns of chunk `chunk` (each chunk viewed as K x n).
+struct ColumnRange {
+  int64_t chunk;
+  int64_t begin;
+  int64_t end;
+};
+
+// Cuts every chunk into ranges of at most max_cols columns. The cut depends on the shapes alone, never on
+// the thread count, which is what makes the reductions bitwise reproducible.
+inline std::vector<ColumnRange> split_columns(const std::vector<at::Tensor>& chunks, int64_t max_cols) {
+  std::vector<ColumnRange> ranges;
+  for (size_t c = 0; c < chunks.size(); ++c) {
+    const int64_t n = chunks[c].size(0) == 0 ? 0 : chunks[c].numel() / chunks[c].size(0);
+    for (int64_t begin = 0; begin < n; begin += max_cols)
+      ranges.push_back({static_cast<int64_t>(c), begin, std::min(n, begin + max_cols)});
+  }
+  return ranges;
+}
+
+// Contiguous copies (views where already contiguous) so kernels can walk raw rows of length n.
+inline std::vector<at::Tensor> contiguous_chunks(at::TensorList jac) {
+  std::vector<at::Tensor> chunks;
+  chunks.reserve(jac.size());
+  for (const at::Tensor& t : jac) chunks.push_back(t.contiguous());
+  return chunks;
+}
+
+}  // namespace mtl_fast

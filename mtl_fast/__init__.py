@@ -1,0 +1,18 @@
+"""mtl_fast: a fast multi-task-learning backward for PyTorch.
+
+Per-task gradients of the shared parameters are combined through their K x K Gram matrix with C++/CUDA
+kernels: ``gram -> weights -> combine``, two passes over the Jacobian, no host synchronisation.
+"""
+from . import reference
+from ._ops import backend
+from .aggregators import Aggregator, GramAggregator, Mean, PCGrad, Sum, Weighted
+from .backward import backward
+from .fork import fork
+from .functional import aggregate, combine, gram
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Aggregator", "GramAggregator", "Mean", "PCGrad", "Sum", "Weighted",
+    "aggregate", "backend", "backward", "combine", "fork", "gram", "reference",
+]

@@ -1,0 +1,80 @@
+"""Argument validation shared by the public functions: clear ValueError/TypeError naming the argument."""
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+Jacobian = Union[Tensor, Sequence[Tensor]]
+
+
+def as_chunks(J: Jacobian, name: str = "J") -> Tuple[List[Tensor], int, bool]:
+    """Returns (chunks, K, was_a_single_tensor) for a (K, P) tensor or a sequence of (K, ...) tensors."""
+    if isinstance(J, Tensor):
+        if J.dim() != 2:
+            raise ValueError(f"{name}: expected a (K, P) tensor or a sequence of (K, ...) tensors, "
+                             f"got a tensor of shape {tuple(J.shape)}")
+        chunks, single = [J], True
+    elif isinstance(J, (list, tuple)):
+        if len(J) == 0:
+            raise ValueError(f"{name}: expected at least one (K, ...) tensor, got an empty sequence")
+        for c, chunk in enumerate(J):
+            if not isinstance(chunk, Tensor):
+                raise TypeError(f"{name}[{c}]: expected a Tensor, got {type(chunk).__name__}")
+            if chunk.dim() < 1:
+                raise ValueError(f"{name}[{c}]: expected shape (K, ...), got a 0-d tensor")
+        chunks, single = list(J), False
+    else:
+        raise TypeError(f"{name}: expected a Tensor or a sequence of Tensors, got {type(J).__name__}")
+    K = chunks[0].shape[0]
+    for c, chunk in enumerate(chunks):
+        label = name if single else f"{name}[{c}]"
+        if not chunk.dtype.is_floating_point:
+            raise TypeError(f"{label}: expected a floating dtype, got {chunk.dtype}")
+        if chunk.shape[0] != K:
+            raise ValueError(f"{label}: has {chunk.shape[0]} tasks in dim 0 (shape {tuple(chunk.shape)}) but "
+                             f"{name}[0] has {K}")
+        if chunk.device != chunks[0].device:
+            raise ValueError(f"{label}: is on {chunk.device} but {name}[0] is on {chunks[0].device}")
+    if K < 1:
+        raise ValueError(f"{name}: expected at least one task (K >= 1), got K = 0")
+    return chunks, K, single
+
+
+def check_task_weights(weights: Tensor, K: int, name: str = "weights") -> None:
+    """A (K,) floating tensor of task weights."""
+    if not isinstance(weights, Tensor):
+        raise TypeError(f"{name}: expected a Tensor, got {type(weights).__name__}")
+    if weights.dim() != 1 or weights.shape[0] != K:
+        raise ValueError(f"{name}: expected shape ({K},), one weight per task, got {tuple(weights.shape)}")
+    if not weights.dtype.is_floating_point:
+        raise TypeError(f"{name}: expected a floating dtype, got {weights.dtype}")
+
+
+def check_gram(G: Tensor, name: str = "G") -> int:
+    """A square (K, K) floating matrix; returns K."""
+    if not isinstance(G, Tensor):
+        raise TypeError(f"{name}: expected a Tensor, got {type(G).__name__}")
+    if G.dim() != 2 or G.shape[0] != G.shape[1] or G.shape[0] < 1:
+        raise ValueError(f"{name}: expected a square (K, K) matrix with K >= 1, got shape {tuple(G.shape)}")
+    if not G.dtype.is_floating_point:
+        raise TypeError(f"{name}: expected a floating dtype, got {G.dtype}")
+    return G.shape[0]
+
+
+def as_float_tensor(values, name: str) -> Tensor:
+    """A 1-D, finite, floating tensor from a sequence or tensor of numbers (checked once, on construction)."""
+    try:
+        t = torch.as_tensor(values)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"{name}: expected a sequence of numbers or a 1-D tensor ({exc})") from None
+    if t.dim() != 1 or t.numel() == 0:
+        raise ValueError(f"{name}: expected a non-empty 1-D sequence, got shape {tuple(t.shape)}")
+    if not (t.dtype.is_floating_point or t.dtype in (torch.int8, torch.int16, torch.int32, torch.int64,
+                                                      torch.uint8)):
+        raise TypeError(f"{name}: expected real numbers, got dtype {t.dtype}")
+    t = t.detach().to(torch.float64)
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name}: every value must be finite, got {t.tolist()}")
+    return t

@@ -1,0 +1,196 @@
+"""Parameter-level multi-task backward: aggregate the per-task gradients of the shared parameters."""
+from __future__ import annotations
+
+from typing import Iterable, List, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from . import _ops
+from .aggregators import Aggregator, GramAggregator, Sum, _FixedWeights
+
+__all__ = ["backward", "reachable_leaves"]
+
+_JACOBIAN_MODES = ("auto", "batched", "loop")
+
+
+def _check_losses(losses: Union[Tensor, Sequence[Tensor]]) -> List[Tensor]:
+    if isinstance(losses, Tensor):
+        if losses.dim() != 1:
+            raise ValueError(f"losses: expected a sequence of scalar losses or a 1-D tensor of them, got a tensor "
+                             f"of shape {tuple(losses.shape)}")
+        losses = list(losses.unbind())
+    elif isinstance(losses, (list, tuple)):
+        losses = list(losses)
+    else:
+        raise TypeError(f"losses: expected a sequence of scalar tensors, got {type(losses).__name__}")
+    if not losses:
+        raise ValueError("losses: expected at least one loss, got an empty sequence")
+    for k, loss in enumerate(losses):
+        if not isinstance(loss, Tensor):
+            raise TypeError(f"losses[{k}]: expected a scalar Tensor, got {type(loss).__name__}")
+        if loss.numel() != 1:
+            raise ValueError(f"losses[{k}]: expected a scalar loss, got shape {tuple(loss.shape)} "
+                             "(reduce it, e.g. with .mean(), first)")
+        if not loss.dtype.is_floating_point:
+            raise TypeError(f"losses[{k}]: expected a floating dtype, got {loss.dtype}")
+        if not loss.requires_grad:
+            raise ValueError(f"losses[{k}]: does not require grad (computed under torch.no_grad(), or from "
+                             "tensors that do not require grad?)")
+        if loss.device != losses[0].device:
+            raise ValueError(f"losses[{k}]: is on {loss.device} but losses[0] is on {losses[0].device}")
+    return [loss.reshape(()) for loss in losses]
+
+
+def _check_params(params: Iterable[Tensor], name: str = "shared_params") -> List[Tensor]:
+    if isinstance(params, Tensor):
+        params = [params]
+    try:
+        params = list(params)
+    except TypeError:
+        raise TypeError(f"{name}: expected an iterable of tensors (e.g. model.trunk.parameters()), got "
+                        f"{type(params).__name__}") from None
+    if not params:
+        raise ValueError(f"{name}: expected at least one parameter, got none")
+    unique, seen = [], set()
+    for i, p in enumerate(params):
+        if not isinstance(p, Tensor):
+            raise TypeError(f"{name}[{i}]: expected a Tensor, got {type(p).__name__}")
+        if not p.requires_grad:
+            raise ValueError(f"{name}[{i}]: does not require grad (shape {tuple(p.shape)})")
+        if not p.is_leaf:
+            raise ValueError(f"{name}[{i}]: is not a leaf tensor (it has a grad_fn); pass the parameters "
+                             "themselves")
+        if id(p) not in seen:
+            seen.add(id(p))
+            unique.append(p)
+    return unique
+
+
+def reachable_leaves(roots: Sequence[Tensor]) -> List[Tensor]:
+    """The leaf tensors requiring grad that backpropagating from ``roots`` reaches, in a fixed order."""
+    leaves: List[Tensor] = []
+    seen_nodes, seen_leaves = set(), set()
+    stack = []
+    for root in roots:
+        if root.grad_fn is not None:
+            stack.append(root.grad_fn)
+        elif root.requires_grad and id(root) not in seen_leaves:
+            seen_leaves.add(id(root))
+            leaves.append(root)
+    while stack:
+        node = stack.pop()
+        if node in seen_nodes:
+            continue
+        seen_nodes.add(node)
+        variable = getattr(node, "variable", None)  # set on AccumulateGrad nodes, the leaves' entry points
+        if variable is not None and id(variable) not in seen_leaves:
+            seen_leaves.add(id(variable))
+            leaves.append(variable)
+        stack.extend(next_node for next_node, _ in node.next_functions if next_node is not None)
+    return leaves
+
+
+def _per_task_gradients(losses: List[Tensor], inputs: List[Tensor], retain_graph: bool, mode: str) -> List[Tensor]:
+    """The (K, *p.shape) per-task gradient of every input: one batched backward, or one backward per task."""
+    K = len(losses)
+    if mode == "batched" or (mode == "auto" and K > 1 and losses[0].device.type != "cpu"):
+        stacked = torch.stack(losses)
+        try:
+            return list(torch.autograd.grad(
+                stacked, inputs, grad_outputs=torch.eye(K, dtype=stacked.dtype, device=stacked.device),
+                retain_graph=retain_graph, allow_unused=True, materialize_grads=True, is_grads_batched=True))
+        except RuntimeError as batched_error:
+            if mode == "batched":
+                raise
+            try:
+                return _per_task_loop(losses, inputs, retain_graph)
+            except RuntimeError as loop_error:
+                raise RuntimeError(
+                    f"mtl_fast.backward: the batched backward failed ({batched_error}) and the per-task fallback "
+                    f"then failed too ({loop_error}); call it with jacobian='loop'") from loop_error
+    return _per_task_loop(losses, inputs, retain_graph)
+
+
+def _per_task_loop(losses: List[Tensor], inputs: List[Tensor], retain_graph: bool) -> List[Tensor]:
+    per_task = [torch.autograd.grad(loss, inputs, retain_graph=retain_graph or k + 1 < len(losses),
+                                    allow_unused=True, materialize_grads=True)
+                for k, loss in enumerate(losses)]
+    return [torch.stack(task_grads) for task_grads in zip(*per_task)]
+
+
+def _accumulate(params: List[Tensor], chunks: List[Tensor], weights: Tensor) -> None:
+    """p.grad += sum_k weights[k] chunk[k] as autograd would: in place where a .grad exists, else a new one."""
+    existing = [i for i, p in enumerate(params) if p.grad is not None]
+    if existing:
+        _ops.combine_into([chunks[i] for i in existing], weights, [params[i].grad for i in existing])
+    missing = [i for i, p in enumerate(params) if p.grad is None]
+    if missing:
+        for i, grad in zip(missing, _ops.combine([chunks[i] for i in missing], weights)):
+            params[i].grad = grad
+
+
+def backward(losses: Union[Tensor, Sequence[Tensor]], shared_params: Iterable[Tensor], *,
+             aggregator: Aggregator = Sum(), retain_graph: bool = False, jacobian: str = "auto") -> Optional[Tensor]:
+    """Backpropagates K task losses, combining their gradients on the shared parameters with ``aggregator``.
+
+    Shared parameters get the aggregate of their K per-task gradients; every other parameter the losses reach
+    gets its ordinary gradient of the loss sum. Gradients accumulate into ``.grad`` as ``loss.backward()``
+    does. With ``Sum``, ``Mean`` or ``Weighted`` no Jacobian is formed at all: this is exactly
+    ``sum(w_k * L_k).backward()``. Parameters no loss reaches get no gradient.
+
+    Args:
+        losses: K scalar losses (a sequence, or a 1-D tensor of them).
+        shared_params: the parameters shared by the tasks (e.g. ``model.trunk.parameters()``).
+        aggregator: how to combine the task gradients (``Sum()``, ``PCGrad(seed=0)``, ...).
+        retain_graph: keep the graph for another backward, as in ``Tensor.backward``.
+        jacobian: how the per-task gradients are obtained: 'batched' (one vmapped backward,
+            ``is_grads_batched``), 'loop' (K backward passes) or 'auto': batched on GPUs, where one large
+            batched backward beats K small ones, falling back to the loop for models vmap cannot handle;
+            the loop on CPUs, where vmap's overhead costs more than it saves.
+    Returns:
+        The (K,) float64 weights applied to the shared gradients (None for an aggregator that is not
+        Gram-based).
+    Raises:
+        ValueError / TypeError on bad input, before anything is written to ``.grad``.
+    """
+    losses = _check_losses(losses)
+    shared = _check_params(shared_params)
+    if not isinstance(aggregator, Aggregator):
+        raise TypeError(f"aggregator: expected an mtl_fast Aggregator (e.g. mtl_fast.PCGrad()), got "
+                        f"{type(aggregator).__name__}")
+    if jacobian not in _JACOBIAN_MODES:
+        raise ValueError(f"jacobian: expected one of {_JACOBIAN_MODES}, got {jacobian!r}")
+    K = len(losses)
+    for i, p in enumerate(shared):
+        if p.device != losses[0].device:
+            raise ValueError(f"shared_params[{i}]: is on {p.device} but the losses are on {losses[0].device}")
+
+    if isinstance(aggregator, _FixedWeights):
+        weights = aggregator.fixed_weights(K, torch.device("cpu"))
+        total = sum(w * loss for w, loss in zip(weights.tolist(), losses))
+        torch.autograd.backward(total, retain_graph=retain_graph)
+        return weights.to(losses[0].device)
+
+    shared_ids = {id(p) for p in shared}
+    leaves = reachable_leaves(losses)
+    reached = {id(p) for p in leaves}
+    shared = [p for p in shared if id(p) in reached]
+    if not shared:
+        raise ValueError("shared_params: none of them is reached by the losses")
+    others = [p for p in leaves if id(p) not in shared_ids]
+
+    grads = _per_task_gradients(losses, shared + others, retain_graph, jacobian)
+    shared_J, others_J = grads[: len(shared)], grads[len(shared):]
+    with torch.no_grad():
+        if isinstance(aggregator, GramAggregator):
+            weights = aggregator.weights(_ops.gram(shared_J))
+            _accumulate(shared, shared_J, weights)
+        else:
+            weights = None
+            combined = aggregator.aggregate_chunks(shared_J)
+            _accumulate(shared, [c.unsqueeze(0) for c in combined],
+                        torch.ones(1, dtype=torch.float64, device=losses[0].device))
+        if others:
+            _accumulate(others, others_J, torch.ones(K, dtype=torch.float64, device=losses[0].device))
+    return weights

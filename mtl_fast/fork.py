@@ -1,0 +1,53 @@
+"""Representation-level aggregation: an autograd barrier between a shared trunk and the task heads."""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+from .aggregators import Aggregator, Sum
+
+__all__ = ["fork"]
+
+
+class _Fork(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, features: Tensor, num_tasks: int, aggregator: Aggregator) -> Tuple[Tensor, ...]:
+        ctx.aggregator = aggregator
+        return tuple(features.view_as(features) for _ in range(num_tasks))
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor):
+        # Row k is task k's whole feature gradient (batch x features), as the Gram at this level is defined.
+        J = torch.stack([g.reshape(-1) for g in grads])
+        combined = ctx.aggregator.aggregate_chunks([J])[0]
+        return combined.view_as(grads[0]), None, None
+
+
+def fork(features: Tensor, num_tasks: int, *, aggregator: Aggregator = Sum()) -> Tuple[Tensor, ...]:
+    """Splits shared features into one alias per task head; on backward, aggregates the heads' gradients.
+
+    Feed ``feats[k]`` to head k and call ``loss.backward()`` on the summed (or any) loss as usual: the trunk
+    then receives ``aggregator``'s combination of the K per-task feature gradients, each flattened over batch
+    and features, in a single trunk backward. With ``Sum`` this is the plain backward.
+
+    Args:
+        features: the trunk's output.
+        num_tasks: K, the number of heads (>= 1).
+        aggregator: how to combine the K feature gradients.
+    Returns:
+        A tuple of K tensors aliasing ``features`` (do not modify them in place).
+    """
+    if not isinstance(features, Tensor):
+        raise TypeError(f"features: expected a Tensor, got {type(features).__name__}")
+    if not features.dtype.is_floating_point:
+        raise TypeError(f"features: expected a floating dtype, got {features.dtype}")
+    if isinstance(num_tasks, bool) or not isinstance(num_tasks, int):
+        raise TypeError(f"num_tasks: expected an int, got {type(num_tasks).__name__}")
+    if num_tasks < 1:
+        raise ValueError(f"num_tasks: expected at least 1 task, got {num_tasks}")
+    if not isinstance(aggregator, Aggregator):
+        raise TypeError(f"aggregator: expected an mtl_fast Aggregator (e.g. mtl_fast.PCGrad()), got "
+                        f"{type(aggregator).__name__}")
+    return _Fork.apply(features, num_tasks, aggregator)

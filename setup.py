@@ -1,0 +1,61 @@
+"""Builds the mtl_fast._C extension against the torch that is installed.
+
+Always builds the C++ CPU kernels. Adds the CUDA kernels when this torch is a CUDA build and the CUDA
+toolkit is present (no visible GPU needed). Environment switches:
+  MTL_FAST_NO_EXTENSION=1  build nothing: the package runs on its pure-PyTorch path
+  MTL_FAST_FORCE_CUDA=1    build the CUDA kernels even if the checks above say no
+  TORCH_CUDA_ARCH_LIST     the GPU architectures to build for (default here: 8.0;9.0, sm_90 always included)
+"""
+import glob
+import os
+import platform
+
+from setuptools import setup
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _host_has_avx2() -> bool:
+    # The extension is always built on the machine that runs it (pip install from source), so
+    # targeting AVX2/FMA when the build host has them is safe; every x86-64 server since 2013 does.
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return " avx2" in flags and " fma" in flags
+
+
+def _extensions():
+    if _env_flag("MTL_FAST_NO_EXTENSION"):
+        return [], {}
+    import torch
+    from torch.utils import cpp_extension
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    cxx_flags = ["-O3", "-std=c++17", "-fopenmp-simd"]
+    if _host_has_avx2():
+        cxx_flags += ["-mavx2", "-mfma"]
+    extra = {"cxx": cxx_flags}
+
+    with_cuda = _env_flag("MTL_FAST_FORCE_CUDA") or bool(torch.version.cuda and cpp_extension.CUDA_HOME)
+    cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
+    if with_cuda and cuda_sources:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        extra["nvcc"] = ["-O3", "-std=c++17", "--expt-relaxed-constexpr"]
+        ext = cpp_extension.CUDAExtension(
+            "mtl_fast._C", sources + cuda_sources, include_dirs=[os.path.join(here, "csrc")],
+            extra_compile_args=extra)
+    else:
+        ext = cpp_extension.CppExtension(
+            "mtl_fast._C", sources, include_dirs=[os.path.join(here, "csrc")], extra_compile_args=extra)
+    return [ext], {"build_ext": cpp_extension.BuildExtension}
+
+
+ext_modules, cmdclass = _extensions()
+setup(ext_modules=ext_modules, cmdclass=cmdclass)
