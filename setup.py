@@ -8,26 +8,12 @@ toolkit is present (no visible GPU needed). Environment switches:
 """
 import glob
 import os
-import platform
 
 from setuptools import setup
 
 
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _host_has_avx2() -> bool:
-    # The extension is always built on the machine that runs it (pip install from source), so
-    # targeting AVX2/FMA when the build host has them is safe; every x86-64 server since 2013 does.
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return " avx2" in flags and " fma" in flags
 
 
 def _extensions():
@@ -38,10 +24,8 @@ def _extensions():
 
     here = os.path.dirname(os.path.abspath(__file__))
     sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp-simd"]
-    if _host_has_avx2():
-        cxx_flags += ["-mavx2", "-mfma"]
-    extra = {"cxx": cxx_flags}
+    # The C++ standard is left to torch's own default; SIMD width is chosen at run time (csrc/cpu/simd.h).
+    extra = {"cxx": ["-O3", "-fopenmp-simd"]}
 
     with_cuda = _env_flag("MTL_FAST_FORCE_CUDA") or bool(torch.version.cuda and cpp_extension.CUDA_HOME)
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))

@@ -4,6 +4,7 @@
 
 #include "checks.h"
 #include "cpu/column_ranges.h"
+#include "cpu/simd.h"
 
 namespace mtl_fast {
 namespace {
@@ -13,7 +14,7 @@ constexpr int64_t kRangeCols = int64_t(1) << 15;
 constexpr int64_t kBlockCols = 512;
 
 template <typename scalar_t>
-void combine_range(const scalar_t* data, int64_t n, int64_t K, const double* w, int64_t begin, int64_t end,
+MTL_CPU_CLONES void combine_range(const scalar_t* data, int64_t n, int64_t K, const double* w, int64_t begin, int64_t end,
                    scalar_t* out, bool accumulate) {
   double acc[kBlockCols];
   for (int64_t t0 = begin; t0 < end; t0 += kBlockCols) {
