@@ -1,0 +1,36 @@
+// PCGrad weights on the device: the same coefficient recurrence as the CPU op (kernels/pcgrad.h), one thread
+// per task in a single block, so nothing leaves the GPU and the launch can be captured in a CUDA graph.
+#include "kernels/launch.h"
+#include "kernels/pcgrad.h"
+
+namespace mtl_fast {
+namespace cuda {
+namespace {
+
+constexpr int kMaxThreads = 256;
+
+// coef: K x K scratch, row i = coefficients of g_i^PC. weights[a] = sum_i coef[i][a], summed in the CPU
+// op's order (i = 0, 1, ...).
+__global__ void __launch_bounds__(kMaxThreads)
+    pcgrad_weights_kernel(const double* gram, const int64_t* orders, int64_t K, double* coef, double* weights) {
+  for (int64_t i = threadIdx.x; i < K; i += blockDim.x)
+    pcgrad_row_coefficients(gram, orders + i * (K - 1), K, i, coef + i * K);
+  __syncthreads();
+  for (int64_t a = threadIdx.x; a < K; a += blockDim.x) {
+    double total = 0.0;
+    for (int64_t i = 0; i < K; ++i) total += coef[i * K + a];
+    weights[a] = total;
+  }
+}
+
+}  // namespace
+
+void pcgrad_weights_launch(const double* gram, const int64_t* orders, int64_t K, double* coef,
+                           double* weights, cudaStream_t stream) {
+  const int64_t warps = (K + 31) / 32;
+  const int threads = static_cast<int>(warps * 32 < kMaxThreads ? warps * 32 : kMaxThreads);
+  pcgrad_weights_kernel<<<1, threads, 0, stream>>>(gram, orders, K, coef, weights);
+}
+
+}  // namespace cuda
+}  // namespace mtl_fast
