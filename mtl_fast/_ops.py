@@ -37,12 +37,20 @@ def _load_extension() -> Optional[str]:
 extension_error: Optional[str] = _load_extension()
 
 
+def _kernel_devices() -> frozenset:
+    if extension_error is not None:
+        return frozenset()
+    return frozenset(device for device, key in (("cpu", "CPU"), ("cuda", "CUDA"))
+                     if torch._C._dispatch_has_kernel_for_dispatch_key("mtl_fast::gram", key))
+
+
+# Fixed once the extension is imported; a plain set lookup keeps the dispatchers traceable by torch.compile.
+_KERNEL_DEVICES = _kernel_devices()
+
+
 def has_kernel(device_type: str) -> bool:
     """True when the compiled operators have kernels for this device type ('cpu', 'cuda')."""
-    if extension_error is not None:
-        return False
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key("mtl_fast::gram", key)
+    return device_type in _KERNEL_DEVICES
 
 
 def backend() -> str:
