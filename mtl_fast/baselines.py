@@ -13,6 +13,30 @@ from typing import List, Optional, Sequence
 import torch
 from torch import Tensor
 
+__all__ = ["per_task_loop_pcgrad", "per_task_loop_backward"]
+
+
+def per_task_loop_pcgrad(grads: Sequence[Tensor], orders: Optional[Tensor] = None,
+                         rng: Optional[random.Random] = None) -> Tensor:
+    """PCGrad on K flat gradient vectors as the common implementations write it: the sum of the g_i^PC.
+
+    Args:
+        grads: K vectors of equal length (one per task).
+        orders: (K, K-1) visiting orders to pin (as ``PCGrad.weights`` takes them); drawn with ``rng`` if None.
+    """
+    K = len(grads)
+    rng = rng or random.Random()
+    update = torch.zeros_like(grads[0])
+    for i in range(K):
+        g = grads[i].clone()
+        others = orders[i].tolist() if orders is not None else rng.sample([j for j in range(K) if j != i], K - 1)
+        for j in others:
+            dot = torch.dot(g, grads[j])
+            if dot < 0:  # the per-pair host synchronisation of the common implementations
+                g -= dot / grads[j].dot(grads[j]) * grads[j]
+        update += g
+    return update
+
 
 def per_task_loop_backward(losses: Sequence[Tensor], shared_params: Sequence[Tensor], *, pcgrad: bool = True,
                            orders: Optional[Tensor] = None, rng: Optional[random.Random] = None) -> None:
@@ -32,19 +56,7 @@ def per_task_loop_backward(losses: Sequence[Tensor], shared_params: Sequence[Ten
         loss.backward(retain_graph=k + 1 < len(losses))  # heads accumulate their own gradients as usual
         flat.append(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
                                for p in shared]))
-    K = len(flat)
-    rng = rng or random.Random()
-    update = torch.zeros_like(flat[0])
-    for i in range(K):
-        g = flat[i].clone()
-        others = orders[i].tolist() if orders is not None else rng.sample([j for j in range(K) if j != i], K - 1)
-        if not pcgrad:
-            others = []
-        for j in others:
-            dot = torch.dot(g, flat[j])
-            if dot < 0:  # the per-pair host synchronisation of the common implementations
-                g -= dot / flat[j].dot(flat[j]) * flat[j]
-        update += g
+    update = per_task_loop_pcgrad(flat, orders, rng) if pcgrad else torch.stack(flat).sum(dim=0)
     offset = 0
     for p, old in zip(shared, saved):
         n = p.numel()

@@ -1,0 +1,444 @@
+"""The benchmark scenarios, shared by ``mtl-fast bench`` and the pytest-benchmark suite in benchmarks/.
+
+A scenario is cheap to list and builds its tensors only when run. Building it yields its methods: the timed
+call of each contender (mtl_fast, its pure-PyTorch reference, the per-task loop, TorchJD) and of each floor
+it is measured against (one pass over J, the plain summed backward), plus a function that computes the
+method's result on pinned inputs next to the oracle's result on the same inputs, so that a fast wrong method
+is rejected before it is timed.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from unittest import mock
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import mtl_fast
+from mtl_fast import _ops, reference
+from mtl_fast.aggregators import GramAggregator, PCGrad, _FixedWeights
+from mtl_fast.baselines import per_task_loop_backward, per_task_loop_pcgrad
+from mtl_fast.models import LargeTrunk, MultiTaskNet
+
+__all__ = ["Method", "Built", "Scenario", "scenarios", "select", "torchjd_pcgrad_orders", "SUBJECT"]
+
+SEED = 0
+SUBJECT = "mtl_fast"  # the method every other one is compared with
+
+Outputs = Callable[[], Tuple[Tensor, Tensor]]
+
+
+@dataclass
+class Method:
+    """One contender in a scenario.
+
+    Attributes:
+        name: 'mtl_fast', 'reference', 'per_task_loop', 'torchjd', or a floor ('one_pass', 'sum').
+        run: the timed call.
+        outputs: returns (this method's result, the oracle's result) on pinned inputs (same visiting orders);
+            None for a floor that computes something else on purpose (the plain summed backward).
+        floor_bytes: the least memory traffic of the job the method does, for its achieved GB/s (None where
+            the job is not memory-bound).
+    """
+
+    name: str
+    run: Callable[[], object]
+    outputs: Optional[Outputs]
+    floor_bytes: Optional[int] = None
+
+
+@dataclass
+class Built:
+    """A scenario's tensors and methods, alive while it is measured."""
+
+    methods: List[Method]
+    tolerance: float  # largest accepted max|result - oracle| / max|oracle|
+
+
+@dataclass
+class Scenario:
+    """A named measurement; ``build`` allocates its inputs."""
+
+    name: str
+    group: str
+    params: Dict[str, Any]
+    method_names: List[str]
+    build: Callable[[], Built] = field(repr=False)
+
+
+@functools.lru_cache(maxsize=None)
+def _torchjd_available() -> bool:
+    try:
+        import torchjd.aggregation  # noqa: F401
+        import torchjd.autojac  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def torchjd_pcgrad_orders(K: int, seed: int) -> Tensor:
+    """The (K, K-1) visiting orders TorchJD 0.18's PCGrad draws after ``torch.manual_seed(seed)``: one
+    ``randperm(K)`` from the global CPU generator per task, skipping the task itself."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(K):
+        perm = torch.randperm(K, generator=generator)
+        rows.append(perm[perm != i])
+    return torch.stack(rows)
+
+
+def _seeded(fn: Callable[[], Any], seed: int) -> Any:
+    """Runs fn with torch's global CPU generator seeded (where TorchJD draws its orders), then restores it."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return fn()
+
+
+@contextmanager
+def python_ops() -> Iterator[None]:
+    """mtl_fast with its compiled kernels switched off: the path ``backend() == 'python'`` takes."""
+    with mock.patch.object(_ops, "has_kernel", lambda device_type: False):
+        yield
+
+
+def _tolerance(dtype: torch.dtype) -> float:
+    return {torch.float64: 1e-9, torch.float32: 1e-4}.get(dtype, 2e-2)
+
+
+def _pinned_orders(K: int, device: torch.device) -> Tensor:
+    """The orders the first call of a fresh ``PCGrad(seed=SEED)`` draws."""
+    return PCGrad(seed=SEED).orders(K, device)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# aggregate(J, PCGrad) on a (K, P) Jacobian
+
+
+def _aggregate(K: int, P: int, dtype: torch.dtype, device: torch.device) -> Scenario:
+    # The loop and TorchJD compute in J's dtype; on 16-bit J their dot products round too much to be
+    # compared with a float64 oracle, so they race on float32/float64 only.
+    full_precision = dtype in (torch.float32, torch.float64)
+    names = ["mtl_fast", "reference"] + (["per_task_loop"] if full_precision else []) + \
+        (["torchjd"] if full_precision and _torchjd_available() else []) + ["one_pass"]
+
+    def build() -> Built:
+        generator = torch.Generator().manual_seed(SEED)
+        J = torch.randn(K, P, generator=generator).to(device=device, dtype=dtype)
+        orders = _pinned_orders(K, device)
+        oracle = functools.lru_cache(maxsize=2)(
+            lambda key: reference.pcgrad(J, torch.tensor(key, device=device).view(K, K - 1)).to(dtype))
+
+        def want(o: Tensor) -> Tensor:
+            return oracle(tuple(o.flatten().tolist()))
+
+        def reference_aggregate() -> Tensor:
+            return reference.combine([J], reference.pcgrad_weights(reference.gram([J]), orders))[0]
+
+        rows = list(J.unbind())
+        w = reference.pcgrad_weights(reference.gram([J]), orders).to(dtype)
+        aggregator = PCGrad(seed=SEED)
+        methods = {
+            "mtl_fast": Method("mtl_fast", lambda: mtl_fast.aggregate(J, aggregator),
+                               lambda: (mtl_fast.aggregate(J, PCGrad(seed=SEED)), want(orders))),
+            "reference": Method("reference", reference_aggregate, lambda: (reference_aggregate(), want(orders))),
+            "per_task_loop": Method("per_task_loop", lambda: per_task_loop_pcgrad(rows, orders),
+                                    lambda: (per_task_loop_pcgrad(rows, orders), want(orders))),
+            "one_pass": Method("one_pass", lambda: w @ J, lambda: (w @ J, want(orders))),
+        }
+        if "torchjd" in names:
+            from torchjd.aggregation import PCGrad as TorchJDPCGrad
+            peer = TorchJDPCGrad()
+            methods["torchjd"] = Method(
+                "torchjd", lambda: peer(J),
+                lambda: (_seeded(lambda: peer(J), SEED), want(torchjd_pcgrad_orders(K, SEED).to(device))))
+        # PCGrad's floor is two reads of J (G must be complete before combining) and one write of P values;
+        # one pass over J is one read and one write.
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        for name, method in methods.items():
+            method.floor_bytes = ((K + 1) * P if name == "one_pass" else (2 * K + 1) * P) * itemsize
+        return Built([methods[n] for n in names], _tolerance(dtype))
+
+    dtype_name = str(dtype).replace("torch.", "")
+    return Scenario(f"aggregate/pcgrad/K{K}-P{P}-{dtype_name}", "aggregate",
+                    {"K": K, "P": P, "dtype": dtype_name, "aggregator": "PCGrad"}, names, build)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# weights(G): each Gram-based aggregator's solver
+
+
+def gram_aggregators() -> List[type]:
+    """Every GramAggregator mtl_fast exports whose weights depend on G (fixed weights have no solver)."""
+    found = {obj for obj in vars(mtl_fast).values()
+             if isinstance(obj, type) and issubclass(obj, GramAggregator) and not inspect.isabstract(obj)
+             and not issubclass(obj, _FixedWeights)}
+    return sorted(found, key=lambda cls: cls.__name__)
+
+
+def _matching_kwargs(fn: Callable, source: object, skip: Sequence[str]) -> Dict[str, Any]:
+    """The keyword arguments of fn that ``source`` has as attributes (e.g. CAGrad's ``c``), so that the
+    reference and TorchJD solve with the aggregator's own hyperparameters."""
+    return {name: getattr(source, name) for name in inspect.signature(fn).parameters
+            if name not in skip and hasattr(source, name)}
+
+
+def _make(cls: type) -> GramAggregator:
+    return cls(seed=SEED) if "seed" in inspect.signature(cls).parameters else cls()
+
+
+def _solver(cls: type, K: int, device: torch.device) -> Scenario:
+    name = cls.__name__
+    takes_orders = "orders" in inspect.signature(cls.weights).parameters
+    reference_fn = getattr(reference, f"{name.lower()}_weights", None)
+    peer_cls = None
+    if _torchjd_available():
+        import torchjd.aggregation
+        peer_cls = getattr(torchjd.aggregation, f"{name}Weighting", None)
+    names = ["mtl_fast"] + (["reference"] if reference_fn else []) + (["torchjd"] if peer_cls else [])
+
+    def build() -> Built:
+        generator = torch.Generator().manual_seed(SEED)
+        J = torch.randn(K, 1024, generator=generator, dtype=torch.float64).to(device)
+        G = J @ J.T
+        aggregator = _make(cls)
+        orders = _pinned_orders(K, device)
+
+        def solve_reference(o: Optional[Tensor]) -> Tensor:
+            kwargs = _matching_kwargs(reference_fn, aggregator, skip=("G", "gram", "orders"))
+            return reference_fn(G, o, **kwargs) if takes_orders else reference_fn(G, **kwargs)
+
+        def ours() -> Tensor:
+            return _make(cls).weights(G, orders=orders) if takes_orders else _make(cls).weights(G)
+
+        def checked(fn: Callable[[], Tensor], o: Optional[Tensor]) -> Optional[Outputs]:
+            """Held against the reference where mtl_fast has one for this aggregator; unchecked otherwise."""
+            return (lambda: (fn(), solve_reference(o))) if reference_fn else None
+
+        methods = [Method("mtl_fast", lambda: aggregator.weights(G), checked(ours, orders))]
+        if reference_fn:
+            methods.append(Method("reference", lambda: solve_reference(orders), checked(
+                lambda: solve_reference(orders), orders)))
+        if peer_cls:
+            peer = peer_cls(**_matching_kwargs(peer_cls, aggregator, skip=()))
+            peer_orders = torchjd_pcgrad_orders(K, SEED).to(device) if takes_orders else None
+            methods.append(Method("torchjd", lambda: peer(G), checked(lambda: _seeded(lambda: peer(G), SEED),
+                                                                       peer_orders)))
+        return Built(methods, 1e-6)
+
+    return Scenario(f"solver/{name}/K{K}", "solver", {"K": K, "aggregator": name}, names, build)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A training step (forward, per-task losses, backward into .grad) on the origin network or the large trunk
+
+
+class _TrainSetup:
+    """The network, a batch, and the oracle's gradients for a PCGrad step at either level."""
+
+    def __init__(self, K: int, batch: int, large: bool, device: torch.device) -> None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(SEED)
+            self.net = MultiTaskNet([10] * K, trunk=LargeTrunk() if large else None).to(device)
+            self.x = torch.randn(batch, 3, 28, 28).to(device)
+            self.targets = [torch.randint(0, 10, (batch,)).to(device) for _ in range(K)]
+        self.shared = list(self.net.trunk.parameters())
+        self.params = list(self.net.parameters())
+        self.K = K
+
+    def forward(self, split: Optional[Callable[[Tensor], Sequence[Tensor]]] = None) -> Tuple[Tensor, List[Tensor]]:
+        """Clears .grad, runs the trunk, ``split`` (e.g. fork; none: every head reads the features) and the
+        heads: (features, K losses)."""
+        for p in self.params:
+            p.grad = None
+        features = self.net.trunk(self.x)
+        per_head = split(features) if split is not None else [features] * self.K
+        logits = [head(f) for head, f in zip(self.net.task_heads, per_head)]
+        return features, self.net.losses(logits, self.targets)
+
+    def grads(self) -> Tensor:
+        return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                          for p in self.params])
+
+    def oracle(self, level: str, orders: Tensor) -> Tensor:
+        """All parameters' gradients after one PCGrad step, from K separate autograd calls and
+        ``reference.pcgrad`` on the shared parameters' (backward) or the features' (fork) gradients."""
+        features, losses = self.forward()
+        shared_ids = {id(p) for p in self.shared}
+        heads = [p for p in self.params if id(p) not in shared_ids]
+        inputs = self.shared if level == "backward" else [features]
+        per_task = [torch.autograd.grad(loss, inputs + heads, retain_graph=True, materialize_grads=True)
+                    for loss in losses]
+        J = torch.stack([torch.cat([g.reshape(-1) for g in grads[: len(inputs)]]) for grads in per_task])
+        combined = reference.pcgrad(J, orders).to(J.dtype)
+        if level == "backward":
+            sizes = [p.numel() for p in self.shared]
+            shared_grads = [c.view_as(p) for c, p in zip(combined.split(sizes), self.shared)]
+        else:
+            shared_grads = list(torch.autograd.grad(features, self.shared, combined.view_as(features)))
+        head_grads = [sum(grads[len(inputs) + h] for grads in per_task) for h in range(len(heads))]
+        by_id = {id(p): g for p, g in zip(self.shared + heads, shared_grads + head_grads)}
+        return torch.cat([by_id[id(p)].reshape(-1) for p in self.params])
+
+
+def _train(net: str, level: str, K: int, batch: int, device: torch.device) -> Scenario:
+    # TorchJD and the loop work on parameter-level Jacobians; at the representation level the floor is the
+    # plain backward that fork replaces.
+    peers = (["per_task_loop"] + (["torchjd"] if _torchjd_available() else [])) if level == "backward" else []
+    names = ["mtl_fast", "reference"] + peers + ["sum"]
+
+    def build() -> Built:
+        setup = _TrainSetup(K, batch, net == "large", device)
+        orders = _pinned_orders(K, device)
+
+        def step_backward(aggregator: GramAggregator) -> None:
+            _, losses = setup.forward()
+            mtl_fast.backward(losses, setup.shared, aggregator=aggregator)
+
+        def step_fork(aggregator: GramAggregator) -> None:
+            _, losses = setup.forward(lambda f: mtl_fast.fork(f, K, aggregator=aggregator))
+            torch.autograd.backward(sum(losses))
+
+        step = step_backward if level == "backward" else step_fork
+
+        def step_reference(aggregator: GramAggregator) -> None:
+            with python_ops():
+                step(aggregator)
+
+        def step_loop() -> None:
+            _, losses = setup.forward()
+            per_task_loop_backward(losses, setup.shared, orders=orders)
+
+        def step_sum() -> None:
+            _, losses = setup.forward()
+            torch.autograd.backward(sum(losses))
+
+        def outputs(run: Callable[[], None], o: Tensor) -> Outputs:
+            def result() -> Tuple[Tensor, Tensor]:
+                run()
+                return setup.grads(), setup.oracle(level, o)
+            return result
+
+        ours, theirs = PCGrad(seed=SEED), PCGrad(seed=SEED)
+        methods = {
+            "mtl_fast": Method("mtl_fast", lambda: step(ours), outputs(lambda: step(PCGrad(seed=SEED)), orders)),
+            "reference": Method("reference", lambda: step_reference(theirs),
+                                outputs(lambda: step_reference(PCGrad(seed=SEED)), orders)),
+            "per_task_loop": Method("per_task_loop", step_loop, outputs(step_loop, orders)),
+            "sum": Method("sum", step_sum, None),
+        }
+        if "torchjd" in names:
+            from torchjd.aggregation import PCGrad as TorchJDPCGrad
+            from torchjd.autojac import jac_to_grad, mtl_backward
+            peer = TorchJDPCGrad()
+
+            def step_torchjd() -> None:
+                features, losses = setup.forward()
+                mtl_backward(losses, features=features, shared_params=setup.shared)
+                jac_to_grad(setup.shared, peer)
+
+            methods["torchjd"] = Method("torchjd", step_torchjd, outputs(
+                lambda: _seeded(step_torchjd, SEED), torchjd_pcgrad_orders(K, SEED).to(device)))
+        return Built([methods[n] for n in names], 1e-4)
+
+    return Scenario(f"train/{net}/{level}/K{K}-B{batch}", "train",
+                    {"net": net, "level": level, "K": K, "batch": batch, "aggregator": "PCGrad"}, names, build)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fused heads (mtl_fast.nn.MultiTaskHeads), when the installed mtl_fast has them
+
+
+def _fused_heads_class() -> Optional[type]:
+    """mtl_fast.nn.MultiTaskHeads if it exists with the layout ``_heads`` relies on, else None."""
+    cls = getattr(getattr(mtl_fast, "nn", None), "MultiTaskHeads", None)
+    if cls is None:
+        return None
+    try:
+        probe = cls(4, [2, 3])
+        layout_ok = tuple(probe.weight.shape) == (5, 4) and tuple(probe.bias.shape) == (5,)
+    except Exception:  # another constructor or layout: skip the scenario rather than fail the run
+        return None
+    return cls if layout_ok else None
+
+
+def _heads(K: int, batch: int, in_features: int, device: torch.device) -> Scenario:
+    """Forward, cross-entropy and backward of K linear heads: fused against K nn.Linear in a loop.
+
+    Assumes the design's layout: ``MultiTaskHeads(in_features, classes_per_task)`` holding all heads as one
+    ``weight`` (sum of classes x in_features) and ``bias``, returning the K logits (a list, or one tensor
+    with the tasks' classes side by side).
+    """
+    classes = [10] * K
+
+    def build() -> Built:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(SEED)
+            fused = _fused_heads_class()(in_features, classes).to(device)
+            features = torch.randn(batch, in_features, device=device, requires_grad=True)
+            targets = [torch.randint(0, c, (batch,)).to(device) for c in classes]
+        looped = nn.ModuleList(nn.Linear(in_features, c) for c in classes).to(device)
+        with torch.no_grad():
+            for head, w, b in zip(looped, fused.weight.split(classes), fused.bias.split(classes)):
+                head.weight.copy_(w)
+                head.bias.copy_(b)
+
+        def step(heads: Callable[[Tensor], Any]) -> Tensor:
+            features.grad = None
+            logits = heads(features)
+            logits = logits.split(classes, dim=1) if isinstance(logits, Tensor) else logits
+            torch.autograd.backward(sum(F.cross_entropy(z, y) for z, y in zip(logits, targets)))
+            return features.grad
+
+        def run_looped() -> Tensor:
+            return step(lambda f: [head(f) for head in looped])
+
+        methods = [Method("mtl_fast", lambda: step(fused), lambda: (step(fused).clone(), run_looped().clone())),
+                   Method("per_task_loop", run_looped, None)]
+        return Built(methods, 1e-4)
+
+    return Scenario(f"heads/K{K}-B{batch}", "heads", {"K": K, "batch": batch, "in_features": in_features},
+                    ["mtl_fast", "per_task_loop"], build)
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def scenarios(device: torch.device, quick: bool) -> List[Scenario]:
+    """Every scenario for ``device``; ``quick`` keeps the issue's target points and small sizes."""
+    device = torch.device(device)
+    out: List[Scenario] = []
+    if quick:
+        grid = [(2, 100_000), (8, 100_000), (32, 100_000), (8, 4_000_000)]
+        dtypes = [torch.float32]
+    else:
+        grid = [(K, P) for K in (2, 8, 32) for P in (100_000, 1_000_000, 4_000_000)]
+        dtypes = [torch.float32, torch.float64, torch.bfloat16]
+    for dtype in dtypes:
+        for K, P in grid if dtype == torch.float32 else [(8, 1_000_000)]:
+            out.append(_aggregate(K, P, dtype, device))
+    for cls in gram_aggregators():
+        for K in (8,) if quick else (2, 8, 32):
+            out.append(_solver(cls, K, device))
+    train = [("origin", 8, 64), ("large", 8, 32)] if quick else [("origin", 8, 64), ("origin", 32, 64),
+                                                                   ("large", 8, 64)]
+    for net, K, batch in train:
+        for level in ("backward", "fork"):
+            out.append(_train(net, level, K, batch, device))
+    if _fused_heads_class() is not None:
+        for K in (8,) if quick else (8, 32):
+            out.append(_heads(K, 64, 128, device))
+    return out
+
+
+def select(all_scenarios: Sequence[Scenario], patterns: Optional[Sequence[str]]) -> List[Scenario]:
+    """The scenarios whose name starts with, or matches (fnmatch), one of ``patterns``; all when None."""
+    import fnmatch
+    if not patterns:
+        return list(all_scenarios)
+    return [s for s in all_scenarios
+            if any(s.name.startswith(p) or fnmatch.fnmatchcase(s.name, p) for p in patterns)]
