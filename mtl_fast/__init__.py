@@ -3,9 +3,10 @@
 Per-task gradients of the shared parameters are combined through their K x K Gram matrix with C++/CUDA
 kernels: ``gram -> weights -> combine``, two passes over the Jacobian, no host synchronisation.
 """
-from . import reference
+from . import reference, weighting
 from ._ops import backend
-from .aggregators import Aggregator, GramAggregator, Mean, PCGrad, Sum, Weighted
+from .aggregators import (MGDA, IMTLG, AlignedMTL, Aggregator, CAGrad, DualProj, GradDrop, GradVac, GramAggregator,
+                          Mean, NashMTL, PCGrad, Sum, UPGrad, Weighted)
 from .backward import backward
 from .fork import fork
 from .functional import aggregate, combine, gram
@@ -14,5 +15,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Aggregator", "GramAggregator", "Mean", "PCGrad", "Sum", "Weighted",
-    "aggregate", "backend", "backward", "combine", "fork", "gram", "reference",
+    "AlignedMTL", "CAGrad", "DualProj", "GradDrop", "GradVac", "IMTLG", "MGDA", "NashMTL", "UPGrad",
+    "aggregate", "backend", "backward", "combine", "fork", "gram", "reference", "weighting",
 ]

@@ -15,7 +15,9 @@ from torch import Tensor
 from . import _ops
 from ._checks import as_float_tensor, check_gram
 
-__all__ = ["Aggregator", "GramAggregator", "Sum", "Mean", "Weighted", "PCGrad", "draw_pcgrad_orders"]
+__all__ = ["Aggregator", "GramAggregator", "Sum", "Mean", "Weighted", "PCGrad", "draw_pcgrad_orders",
+           "MGDA", "DualProj", "UPGrad", "CAGrad", "IMTLG", "GradVac", "AlignedMTL", "NashMTL", "GradDrop",
+           "solve_nonnegative_qp"]
 
 
 class Aggregator(ABC):
