@@ -32,7 +32,7 @@ def test_scenario(benchmark: Any, case: Tuple[Scenario, str], request: pytest.Fi
     scenario, name = case
     built = _build(scenario)
     method = next(m for m in built.methods if m.name == name)
-    status, error, why = check_method(method, built.tolerance)
+    status, error, why = check_method(method, method.tolerance or built.tolerance)
     if status == "failed":
         pytest.fail(f"{scenario.name} {name}: {why}")
     benchmark.extra_info.update(scenario=scenario.name, method=name, check=status, max_rel_error=error,

@@ -58,7 +58,7 @@ def run_scenario(scenario: Scenario, device: torch.device, settings: Settings, m
     rows: Dict[str, Dict[str, Any]] = {}
     timings: Dict[str, Timing] = {}
     for method in built.methods:
-        status, error, why = check_method(method, built.tolerance)
+        status, error, why = check_method(method, method.tolerance or built.tolerance)
         rows[method.name] = {"scenario": scenario.name, "group": scenario.group, **scenario.params,
                              "method": method.name, "check": status, "max_rel_error": error}
         if why:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import mtl_fast
-from mtl_fast import _ops, reference
+from mtl_fast import _ops, aggregators, reference
 from mtl_fast.aggregators import GramAggregator, PCGrad, _FixedWeights
 from mtl_fast.baselines import per_task_loop_backward, per_task_loop_pcgrad
 from mtl_fast.models import LargeTrunk, MultiTaskNet
@@ -44,12 +44,14 @@ class Method:
             None for a floor that computes something else on purpose (the plain summed backward).
         floor_bytes: the least memory traffic of the job the method does, for its achieved GB/s (None where
             the job is not memory-bound).
+        tolerance: overrides the scenario's tolerance for this method.
     """
 
     name: str
     run: Callable[[], object]
     outputs: Optional[Outputs]
     floor_bytes: Optional[int] = None
+    tolerance: Optional[float] = None
 
 
 @dataclass
@@ -173,18 +175,46 @@ def _aggregate(K: int, P: int, dtype: torch.dtype, device: torch.device) -> Scen
 
 
 def gram_aggregators() -> List[type]:
-    """Every GramAggregator mtl_fast exports whose weights depend on G (fixed weights have no solver)."""
-    found = {obj for obj in vars(mtl_fast).values()
-             if isinstance(obj, type) and issubclass(obj, GramAggregator) and not inspect.isabstract(obj)
-             and not issubclass(obj, _FixedWeights)}
+    """Every public GramAggregator in mtl_fast.aggregators whose weights depend on G (fixed weights have no
+    solver)."""
+    found = {obj for name, obj in vars(aggregators).items()
+             if not name.startswith("_") and isinstance(obj, type) and issubclass(obj, GramAggregator)
+             and not inspect.isabstract(obj) and not issubclass(obj, _FixedWeights)}
     return sorted(found, key=lambda cls: cls.__name__)
 
 
-def _matching_kwargs(fn: Callable, source: object, skip: Sequence[str]) -> Dict[str, Any]:
-    """The keyword arguments of fn that ``source`` has as attributes (e.g. CAGrad's ``c``), so that the
-    reference and TorchJD solve with the aggregator's own hyperparameters."""
-    return {name: getattr(source, name) for name in inspect.signature(fn).parameters
-            if name not in skip and hasattr(source, name)}
+def _nash_update(aggregator: GramAggregator, J: Tensor, G: Tensor, orders: Optional[Tensor]) -> Tensor:
+    beta = reference.nash_mtl(G)
+    norm = float((beta @ G @ beta).sqrt())
+    return min(1.0, aggregator.max_norm / norm) * beta @ J if aggregator.max_norm > 0 else beta @ J
+
+
+def _preference(aggregator: GramAggregator, J: Tensor) -> Tensor:
+    return aggregator.preference(J.shape[0], J.device)
+
+
+# The oracle's update d = J^T w for an aggregator (default hyperparameters, pinned orders), from
+# mtl_fast.reference. Updates rather than weights are compared because several oracles work on J itself.
+_SOLVER_ORACLES: Dict[str, Callable[[GramAggregator, Tensor, Tensor, Tensor], Tensor]] = {
+    "PCGrad": lambda a, J, G, orders: reference.pcgrad(J, orders),
+    "MGDA": lambda a, J, G, orders: reference.mgda(G) @ J,
+    "DualProj": lambda a, J, G, orders: reference.dualproj(G, _preference(a, J)) @ J,
+    "UPGrad": lambda a, J, G, orders: reference.upgrad(G, _preference(a, J)) @ J,
+    "CAGrad": lambda a, J, G, orders: reference.cagrad(J, a.c),
+    "IMTLG": lambda a, J, G, orders: reference.imtlg(J),
+    "GradVac": lambda a, J, G, orders: reference.gradvac(J, orders, torch.zeros(len(J), len(J)), a.beta),
+    "AlignedMTL": lambda a, J, G, orders: reference.aligned_mtl(J, _preference(a, J), a.scale_mode),
+    "NashMTL": _nash_update,
+}
+# Oracles that enumerate every active set: exact, but only affordable for small K.
+_ENUMERATING = {"MGDA", "DualProj", "UPGrad"}
+_MAX_ENUMERATED_K = 10
+
+
+def _matching_kwargs(fn: Callable, source: object) -> Dict[str, Any]:
+    """The keyword arguments of fn that ``source`` has as attributes (e.g. CAGrad's ``c``), so that TorchJD
+    solves with the aggregator's own hyperparameters."""
+    return {name: getattr(source, name) for name in inspect.signature(fn).parameters if hasattr(source, name)}
 
 
 def _make(cls: type) -> GramAggregator:
@@ -194,12 +224,16 @@ def _make(cls: type) -> GramAggregator:
 def _solver(cls: type, K: int, device: torch.device) -> Scenario:
     name = cls.__name__
     takes_orders = "orders" in inspect.signature(cls.weights).parameters
-    reference_fn = getattr(reference, f"{name.lower()}_weights", None)
+    oracle = _SOLVER_ORACLES.get(name)
+    if name in _ENUMERATING and K > _MAX_ENUMERATED_K:
+        oracle = None
     peer_cls = None
     if _torchjd_available():
         import torchjd.aggregation
         peer_cls = getattr(torchjd.aggregation, f"{name}Weighting", None)
-    names = ["mtl_fast"] + (["reference"] if reference_fn else []) + (["torchjd"] if peer_cls else [])
+    # Only PCGrad's solver has a reference path that mtl_fast falls back on (the others' oracles are slow
+    # enumerations meant for checking).
+    names = ["mtl_fast"] + (["reference"] if name == "PCGrad" else []) + (["torchjd"] if peer_cls else [])
 
     def build() -> Built:
         generator = torch.Generator().manual_seed(SEED)
@@ -207,28 +241,30 @@ def _solver(cls: type, K: int, device: torch.device) -> Scenario:
         G = J @ J.T
         aggregator = _make(cls)
         orders = _pinned_orders(K, device)
+        want = functools.lru_cache(maxsize=2)(lambda key: oracle(
+            _make(cls), J, G, None if key is None else torch.tensor(key, device=device).view(K, K - 1)))
 
-        def solve_reference(o: Optional[Tensor]) -> Tensor:
-            kwargs = _matching_kwargs(reference_fn, aggregator, skip=("G", "gram", "orders"))
-            return reference_fn(G, o, **kwargs) if takes_orders else reference_fn(G, **kwargs)
+        def checked(weights: Callable[[], Tensor], o: Optional[Tensor]) -> Optional[Outputs]:
+            """Updates from these weights against the oracle's, where there is an oracle; unchecked otherwise."""
+            if oracle is None:
+                return None
+            return lambda: (weights().to(J.dtype) @ J, want(None if o is None else tuple(o.flatten().tolist())))
 
         def ours() -> Tensor:
             return _make(cls).weights(G, orders=orders) if takes_orders else _make(cls).weights(G)
 
-        def checked(fn: Callable[[], Tensor], o: Optional[Tensor]) -> Optional[Outputs]:
-            """Held against the reference where mtl_fast has one for this aggregator; unchecked otherwise."""
-            return (lambda: (fn(), solve_reference(o))) if reference_fn else None
-
         methods = [Method("mtl_fast", lambda: aggregator.weights(G), checked(ours, orders))]
-        if reference_fn:
-            methods.append(Method("reference", lambda: solve_reference(orders), checked(
-                lambda: solve_reference(orders), orders)))
+        if "reference" in names:
+            methods.append(Method("reference", lambda: reference.pcgrad_weights(G, orders),
+                                  checked(lambda: reference.pcgrad_weights(G, orders), orders)))
         if peer_cls:
-            peer = peer_cls(**_matching_kwargs(peer_cls, aggregator, skip=()))
+            peer = peer_cls(**_matching_kwargs(peer_cls, aggregator))
             peer_orders = torchjd_pcgrad_orders(K, SEED).to(device) if takes_orders else None
-            methods.append(Method("torchjd", lambda: peer(G), checked(lambda: _seeded(lambda: peer(G), SEED),
-                                                                       peer_orders)))
-        return Built(methods, 1e-6)
+            # TorchJD's iterative solvers stop at their own tolerances (MGDA's Frank-Wolfe at epsilon=1e-3, the
+            # dual-cone QPs with a 1e-4 regularisation): the same method, solved less tightly.
+            methods.append(Method("torchjd", lambda: peer(G),
+                                  checked(lambda: _seeded(lambda: peer(G), SEED), peer_orders), tolerance=1e-2))
+        return Built(methods, 1e-5)
 
     return Scenario(f"solver/{name}/K{K}", "solver", {"K": K, "aggregator": name}, names, build)
 
