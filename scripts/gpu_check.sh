@@ -27,7 +27,8 @@ if [[ -z "${TORCH_CUDA_ARCH_LIST:-}" ]]; then
 fi
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
 
-step "building against torch $("$PYTHON" -c 'import torch; print(torch.__version__, torch.version.cuda)') for sm ${TORCH_CUDA_ARCH_LIST}"
+versions="$("$PYTHON" -c 'import torch; print(torch.__version__, "CUDA", torch.version.cuda)')"
+step "building against torch $versions for sm ${TORCH_CUDA_ARCH_LIST}"
 # --no-deps: nothing may be fetched here; torch and the build tools are already installed.
 if ! "$PYTHON" -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1; then
   tail -n 40 "$OUT/build.log" >&2

@@ -54,7 +54,8 @@ void combine_launch(const Chunk* chunks, int64_t num_chunks, int64_t K, const do
   for (const Batch& batch : make_batches(chunks, num_chunks)) {
     dispatch_dtype(batch.dtype, [&](auto tag) {
       const auto kernel = combine_kernel<decltype(tag)>;
-      const int64_t blocks = std::max<int64_t>(1, std::min(ceil_div(batch.items, kThreads), resident_blocks(reinterpret_cast<const void*>(kernel))));
+      const int64_t resident = resident_blocks(reinterpret_cast<const void*>(kernel));
+      const int64_t blocks = std::max<int64_t>(1, std::min(ceil_div(batch.items, kThreads), resident));
       kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(batch.table, K, weights);
     });
   }

@@ -183,7 +183,9 @@ GramPlan plan_gram(const Chunk* chunks, int64_t num_chunks, int64_t K) {
   plan.batches = make_batches(chunks, num_chunks);
   for (const Batch& batch : plan.batches) {
     int64_t blocks = 0;
-    dispatch_dtype(batch.dtype, [&](auto tag) { blocks = resident_blocks(reinterpret_cast<const void*>(partial_kernel<decltype(tag)>(K))); });
+    dispatch_dtype(batch.dtype, [&](auto tag) {
+      blocks = resident_blocks(reinterpret_cast<const void*>(partial_kernel<decltype(tag)>(K)));
+    });
     const int64_t slabs = std::max<int64_t>(1, std::min(ceil_div(batch.items, kThreads), blocks / plan.tiles));
     plan.slabs.push_back(slabs);
     plan.rows += slabs;
