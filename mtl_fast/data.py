@@ -11,14 +11,15 @@ colour         6        red, green, blue, yellow, magenta, cyan (jittered)      
 size           3        small, medium, large (half-extent 3.4-4.2, 5.0-5.8, 6.6-7.4 px)       1/3
 quadrant       4        which quarter of the image holds the shape's centre                   1/4
 orientation    4        where a small hole in the shape points: up, right, down, left         1/4
-parity         2        (shape + colour) mod 2                                                1/2
+parity         2        (colour + quadrant) mod 2                                             1/2
 =============  =======  ====================================================================  ======
 
 The tasks differ in difficulty (colour and quadrant are read off a few pixels; orientation hangs on a hole of one
 or two pixels in the small shapes) and pull the shared trunk different ways: parity is an XOR of two other tasks'
-labels, so the features that make shape and colour linearly readable are the wrong ones for it, and a good
-parity feature carries no information about either. Backgrounds are random grey levels with pixel noise. Every
-label is uniformly distributed and independent of the others (parity aside), so chance is 1 / classes.
+labels, so the features that make colour and quadrant linearly readable are the wrong ones for it (either alone
+says nothing about parity), and a good parity feature carries no information about either. Backgrounds are random
+grey levels with pixel noise. Every label is uniformly distributed and independent of the others (parity aside),
+so chance is 1 / classes.
 
 User data comes in as tensors (:func:`from_tensors`) or an ``.npz`` file (:func:`load_npz`, keys documented
 there) and is checked for shape and label consistency with errors that say what is wrong.
@@ -46,6 +47,7 @@ _PALETTE = torch.tensor([[0.90, 0.15, 0.15], [0.15, 0.80, 0.20], [0.20, 0.35, 0.
                          [0.92, 0.85, 0.15], [0.85, 0.20, 0.85], [0.15, 0.85, 0.88]])
 _SIZE_RANGES = torch.tensor([[3.4, 4.2], [5.0, 5.8], [6.6, 7.4]])  # half-extent in pixels; gaps keep buckets apart
 _ORIENTATION_JITTER = math.radians(30)  # within +-45 degrees of the bucket's centre, so buckets stay separable
+_RENDER_CHUNK = 4096  # images rendered at once: bounds the rendering's memory (about 40 KB per image)
 
 
 @dataclass
@@ -132,17 +134,17 @@ def _render(attributes: Dict[str, Tensor], generator: torch.Generator) -> Tensor
     return images.clamp(0.0, 1.0)
 
 
-def make_shapes(n: int, seed: int = 0, chunk: int = 4096) -> MultiTaskData:
+def make_shapes(n: int, seed: int = 0) -> MultiTaskData:
     """The embedded dataset: ``n`` images and their six tasks' labels (see the module docstring).
 
-    Deterministic: the same ``n`` and ``seed`` give the same bits (on every machine: the rendering is
-    elementwise float32 arithmetic). ``chunk`` bounds the memory of the rendering (about 40 KB per image).
+    Deterministic: the same ``n`` and ``seed`` give the same bits (the rendering is elementwise float32
+    arithmetic, the random draws come from one seeded CPU generator in a fixed order).
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n: expected a positive int, got {n!r}")
     generator = torch.Generator().manual_seed(seed)
     labels = torch.stack([torch.randint(c, (n,), generator=generator) for c in SHAPES_TASKS.values()], dim=1)
-    labels[:, 5] = (labels[:, 0] + labels[:, 1]) % 2
+    labels[:, 5] = (labels[:, 1] + labels[:, 3]) % 2
     shape, colour, size, quadrant, orientation = labels[:, :5].unbind(1)
     size_range = _SIZE_RANGES[size]
     centre_offset = lambda: 3.0 + 4.0 * torch.rand(n, generator=generator)  # noqa: E731 - 3..7 px off the middle
@@ -156,19 +158,20 @@ def make_shapes(n: int, seed: int = 0, chunk: int = 4096) -> MultiTaskData:
         + (2 * torch.rand(n, generator=generator) - 1) * _ORIENTATION_JITTER,
     }
     images = torch.empty(n, *IMAGE_SHAPE, dtype=torch.uint8)
-    for start in range(0, n, chunk):
-        part = {name: value[start: start + chunk] for name, value in attributes.items()}
-        images[start: start + chunk] = (_render(part, generator) * 255).round().to(torch.uint8)
+    for start in range(0, n, _RENDER_CHUNK):
+        part = {name: value[start: start + _RENDER_CHUNK] for name, value in attributes.items()}
+        images[start: start + _RENDER_CHUNK] = (_render(part, generator) * 255).round().to(torch.uint8)
     return MultiTaskData(images, labels, list(SHAPES_TASKS), list(SHAPES_TASKS.values()))
 
 
 def _as_tensor(value, name: str) -> Tensor:
     if isinstance(value, Tensor):
         return value.detach().cpu()
-    try:
-        return torch.from_numpy(np.asarray(value))
-    except (TypeError, ValueError) as error:
-        raise TypeError(f"{name}: expected a tensor or an array, got {type(value).__name__} ({error})") from None
+    array = np.asarray(value)
+    if array.dtype.kind not in "biuf":  # bool, ints, unsigned, floats: what can become a tensor
+        raise TypeError(f"{name}: expected a tensor or an array of numbers, got {type(value).__name__} of "
+                        f"dtype {array.dtype}")
+    return torch.from_numpy(array)
 
 
 def _images_to_nchw(images: Tensor, name: str) -> Tensor:
