@@ -161,7 +161,10 @@ class PCGrad(GramAggregator):
 
 #: Tikhonov term added to the trace-normalised Gram matrix by the QP-based methods: it makes every principal
 #: submatrix invertible (tasks may be identical or zero) and bounds the solution when 0 is in the convex hull.
-QP_REGULARIZATION = 1e-10
+#: It caps the condition number at 1e6: with 1e-10, block pivoting failed to settle on a singular G at K = 64
+#: (rank 40). The price: J d >= -1e-6 trace(G) max(v) instead of J d >= 0, and weights within ~1e-6 relative of the
+#: unregularised problem's (TorchJD uses 1e-4).
+QP_REGULARIZATION = 1e-6
 #: Relative tolerance of the QP solver's KKT checks (primal feasibility and the sign of the multipliers).
 QP_TOLERANCE = 1e-9
 _SYNC_EVERY = 4  # accelerators: read the convergence flag every this many iterations
@@ -198,7 +201,8 @@ def solve_nonnegative_qp(M: Tensor, q: Tensor, *, simplex: bool = False, tol: fl
     Block principal pivoting (Judice & Pires 1994; Kim & Park 2011): guess the set F of free coordinates, solve the
     equality-constrained problem on F with one batched linear solve, and move every coordinate that violates a KKT
     condition (z_i < 0 on F, a negative multiplier outside F) to the other set; when the number of violations stops
-    decreasing for three steps it falls back to swapping one index (Murty's rule), which guarantees termination.
+    decreasing for K/2 + 3 steps (Kim & Park use 3, too few for singular G at K = 64) it falls back to swapping one
+    index (Murty's rule), which guarantees termination.
     The answer is exact up to the linear solves once no KKT condition is violated by more than ``tol`` (relative).
 
     Args:
@@ -215,7 +219,8 @@ def solve_nonnegative_qp(M: Tensor, q: Tensor, *, simplex: bool = False, tol: fl
     ones = torch.ones(B, K, 1, dtype=M.dtype, device=M.device)
     free = torch.full((B, K), simplex, dtype=torch.bool, device=M.device)
     best = torch.full((B,), K + 1, dtype=torch.int64, device=M.device)
-    patience = torch.full((B,), 3, dtype=torch.int64, device=M.device)
+    patience_reset = K // 2 + 3
+    patience = torch.full((B,), patience_reset, dtype=torch.int64, device=M.device)
     index = torch.arange(K, device=M.device)
     z = torch.zeros_like(q)
     for iteration in range(max_iter):
@@ -228,14 +233,17 @@ def solve_nonnegative_qp(M: Tensor, q: Tensor, *, simplex: bool = False, tol: fl
         else:
             z = _masked_solve(M, free, -q[:, :, None])[:, :, 0]
             multipliers = z @ M + q
-        scale = 1.0 + z.abs().amax(1, keepdim=True) + multipliers.abs().amax(1, keepdim=True)
-        violated = (free & (z < -tol * scale)) | (~free & (multipliers < -tol * scale))
+        # z may reach 1 / regularization (0 in the hull) while M z stays O(1): each check gets its own scale, the
+        # multipliers' including the rounding error of M z.
+        z_scale = z.abs().amax(1, keepdim=True)
+        m_scale = q.abs().amax(1, keepdim=True) + (z @ M).abs().amax(1, keepdim=True) + 1e-7 * K * z_scale
+        violated = (free & (z < -tol * z_scale)) | (~free & (multipliers < -tol * m_scale))
         count = violated.sum(1)
         if _should_stop(count == 0, iteration):
             break
         improved = count < best
         block = improved | (patience > 0)
-        patience = torch.where(improved, torch.full_like(patience, 3), patience - (~improved).long())
+        patience = torch.where(improved, torch.full_like(patience, patience_reset), patience - (~improved).long())
         best = torch.minimum(best, count)
         last = torch.where(violated, index, -1).amax(1, keepdim=True)
         swap = torch.where(block[:, None], violated, index == last)
@@ -292,7 +300,8 @@ class MGDA(GramAggregator):
     MGDA-UB normalisation of the losses is not applied). d . g_k >= |d|^2 >= 0 for every task.
 
     Solver: K = 2 in closed form, w_1 = clip((G22 - G12) / (G11 + G22 - 2 G12), 0, 1); K > 2 by block principal
-    pivoting (:func:`solve_nonnegative_qp`) on G / trace(G) + 1e-10 I, exact to KKT tolerance 1e-9 (relative).
+    pivoting (:func:`solve_nonnegative_qp`) of min 1/2 z^T M z - sum(z), z >= 0, w = z / sum(z), with
+    M = G / trace(G) + 1e-6 I, exact to KKT tolerance 1e-9 (relative).
     Identical tasks share the weight equally; all-zero gradients give the uniform weights.
     """
 
@@ -306,7 +315,10 @@ class MGDA(GramAggregator):
                                 torch.full_like(gap, 0.5)).clamp(0.0, 1.0)
             return torch.stack([first, 1.0 - first])
         M = _normalized_gram(G)
-        return solve_nonnegative_qp(M, torch.zeros(1, K, dtype=M.dtype, device=M.device), simplex=True)[0]
+        # For positive definite M, the minimiser z of 1/2 z^T M z - sum(z) over z >= 0, normalised, is the simplex
+        # minimiser (the KKT conditions map onto each other with lambda = 1 / sum(z)); this form pivots faster.
+        z = solve_nonnegative_qp(M, -torch.ones(1, K, dtype=M.dtype, device=M.device))[0]
+        return z / z.sum()
 
 
 class DualProj(_WithPreference):
@@ -318,8 +330,8 @@ class DualProj(_WithPreference):
     v = argmin_{v >= u} v^T G v, so d = sum_k v_k g_k satisfies J d = G v >= 0: it conflicts with no task.
     u is the preference vector (default the mean, 1/K each), so with no conflict d is the mean gradient.
 
-    Solver: block principal pivoting on G / trace(G) + 1e-10 I (the projection does not depend on G's scale),
-    KKT tolerance 1e-9 relative. TorchJD's default solver adds 1e-4 I instead: results agree to about 1e-4.
+    Solver: block principal pivoting on G / trace(G) + 1e-6 I (the projection does not depend on G's scale),
+    KKT tolerance 1e-9 relative. TorchJD's default solver adds 1e-4 I instead: results agree to about 1e-3.
 
     Args:
         pref_vector: K non-negative weights u; default the mean.
@@ -340,8 +352,8 @@ class UPGrad(_WithPreference):
     with v_i = argmin_{v >= e_i} v^T G v, so the weights are w = sum_i u_i v_i, and J d = G w >= 0.
     Without conflicts it is the mean gradient; it is invariant to scaling G, and equivariant to permuting tasks.
 
-    Solver: the K projections as one batch of block-principal-pivoting QPs on G / trace(G) + 1e-10 I, KKT
-    tolerance 1e-9 relative (TorchJD's default adds 1e-4 I: agreement to about 1e-4).
+    Solver: the K projections as one batch of block-principal-pivoting QPs on G / trace(G) + 1e-6 I, KKT
+    tolerance 1e-9 relative (TorchJD's default adds 1e-4 I: agreement to about 1e-3).
 
     Args:
         pref_vector: K non-negative weights u; default the mean.
@@ -367,7 +379,7 @@ class CAGrad(GramAggregator):
 
     Solver: at the optimum w* also minimises the quadratic rho/2 |g_w|^2 + g_w . g0 on the simplex with
     rho = sqrt(phi) / |g_w*|; on a fixed support that minimiser is affine in 1/rho, so rho solves a quadratic
-    equation. Alternate exact simplex QPs (block principal pivoting, on G / trace(G) + 1e-10 I) and that equation
+    equation. Alternate exact simplex QPs (block principal pivoting, on G / trace(G) + 1e-6 I) and that equation
     until rho moves by less than 1e-10 relative (at most 30 rounds). Scale invariant in G.
 
     Args:
@@ -611,8 +623,9 @@ class NashMTL(GramAggregator):
         G = G.double()
         K = G.shape[0]
         norm = torch.linalg.matrix_norm(G)
+        # The log barrier keeps Newton well conditioned, so a much smaller term than the QPs' suffices here.
         M = torch.where(norm > 0, G / torch.where(norm > 0, norm, 1.0), 0.0) \
-            + QP_REGULARIZATION * torch.eye(K, dtype=G.dtype, device=G.device)
+            + 1e-10 * torch.eye(K, dtype=G.dtype, device=G.device)
         beta = M.diagonal().rsqrt()  # exact when the gradients are orthogonal
         for iteration in range(self.optim_niter):
             gradient = M @ beta - 1.0 / beta
