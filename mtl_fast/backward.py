@@ -167,10 +167,10 @@ def backward(losses: Union[Tensor, Sequence[Tensor]], shared_params: Iterable[Te
             raise ValueError(f"shared_params[{i}]: is on {p.device} but the losses are on {losses[0].device}")
 
     if isinstance(aggregator, _FixedWeights):
-        weights = aggregator.fixed_weights(K, torch.device("cpu"))
-        total = sum(w * loss for w, loss in zip(weights.tolist(), losses))
-        torch.autograd.backward(total, retain_graph=retain_graph)
-        return weights.to(losses[0].device)
+        # Python-float scales, exactly as a user writes sum(w_k * L_k); read from a CPU copy, never the device.
+        scales = aggregator.fixed_weights(K, torch.device("cpu")).tolist()
+        torch.autograd.backward(sum(s * loss for s, loss in zip(scales, losses)), retain_graph=retain_graph)
+        return aggregator.fixed_weights(K, losses[0].device)
 
     shared_ids = {id(p) for p in shared}
     leaves = reachable_leaves(losses)
