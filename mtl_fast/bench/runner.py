@@ -21,11 +21,12 @@ class Settings:
     budget_s: float
     min_reps: int
     max_reps: int
+    warmup: int = 1
     rounds: int = 3
 
 
-QUICK = Settings(budget_s=0.4, min_reps=3, max_reps=60)
-FULL = Settings(budget_s=2.0, min_reps=6, max_reps=400)
+QUICK = Settings(budget_s=0.3, min_reps=3, max_reps=60)
+FULL = Settings(budget_s=2.0, min_reps=6, max_reps=400, warmup=2)
 
 
 def check_method(method: Method, tolerance: float) -> Tuple[str, Optional[float], Optional[str]]:
@@ -69,7 +70,7 @@ def run_scenario(scenario: Scenario, device: torch.device, settings: Settings, m
     for round_index in range(settings.rounds):
         for method in timed:
             timing = time_calls(method.run, device, budget_s=per_round.budget_s, min_reps=per_round.min_reps,
-                                max_reps=per_round.max_reps, warmup=2 if round_index == 0 else 0)
+                                max_reps=per_round.max_reps, warmup=settings.warmup if round_index == 0 else 0)
             timings.setdefault(method.name, Timing([])).samples.extend(timing.samples)
     for method in built.methods:
         if rows[method.name]["check"] != "failed":

@@ -336,15 +336,17 @@ def _train(net: str, level: str, K: int, batch: int, device: torch.device) -> Sc
     # TorchJD and the loop work on parameter-level Jacobians; at the representation level the floor is the
     # plain backward that fork replaces.
     peers = (["per_task_loop"] + (["torchjd"] if _torchjd_available() else [])) if level == "backward" else []
-    names = ["mtl_fast", "reference"] + peers + ["sum"]
+    # backward's 'auto' takes the per-task loop on CPUs; its batched (vmap) Jacobian is timed beside it.
+    variants = ["mtl_fast_batched"] if level == "backward" else []
+    names = ["mtl_fast"] + variants + ["reference"] + peers + ["sum"]
 
     def build() -> Built:
         setup = _TrainSetup(K, batch, net == "large", device)
         orders = _pinned_orders(K, device)
 
-        def step_backward(aggregator: GramAggregator) -> None:
+        def step_backward(aggregator: GramAggregator, jacobian: str = "auto") -> None:
             _, losses = setup.forward()
-            mtl_fast.backward(losses, setup.shared, aggregator=aggregator)
+            mtl_fast.backward(losses, setup.shared, aggregator=aggregator, jacobian=jacobian)
 
         def step_fork(aggregator: GramAggregator) -> None:
             _, losses = setup.forward(lambda f: mtl_fast.fork(f, K, aggregator=aggregator))
@@ -370,9 +372,12 @@ def _train(net: str, level: str, K: int, batch: int, device: torch.device) -> Sc
                 return setup.grads(), setup.oracle(level, o)
             return result
 
-        ours, theirs = PCGrad(seed=SEED), PCGrad(seed=SEED)
+        ours, batched, theirs = PCGrad(seed=SEED), PCGrad(seed=SEED), PCGrad(seed=SEED)
         methods = {
             "mtl_fast": Method("mtl_fast", lambda: step(ours), outputs(lambda: step(PCGrad(seed=SEED)), orders)),
+            "mtl_fast_batched": Method(
+                "mtl_fast_batched", lambda: step_backward(batched, "batched"),
+                outputs(lambda: step_backward(PCGrad(seed=SEED), "batched"), orders)),
             "reference": Method("reference", lambda: step_reference(theirs),
                                 outputs(lambda: step_reference(PCGrad(seed=SEED)), orders)),
             "per_task_loop": Method("per_task_loop", step_loop, outputs(step_loop, orders)),
