@@ -26,7 +26,10 @@ def _extensions():
     here = os.path.dirname(os.path.abspath(__file__))
     sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     # The C++ standard is left to torch's own default; SIMD width is chosen at run time (csrc/cpu/simd.h).
-    extra = {"cxx": ["-O3", "-fopenmp-simd"]}
+    # at::parallel_for is inlined into our code and only runs in parallel when compiled with OpenMP (the
+    # runtime is torch's own libgomp).
+    extra = {"cxx": ["-O3", "-fopenmp"]}
+    link = ["-fopenmp"]
 
     with_cuda = _env_flag("MTL_FAST_FORCE_CUDA") or bool(torch.version.cuda and cpp_extension.CUDA_HOME)
     # Torch-free kernels (nvcc) plus their ATen bindings (host compiler, CUDA headers).
@@ -36,10 +39,11 @@ def _extensions():
         extra["nvcc"] = ["-O3", "-std=c++17"]
         ext = cpp_extension.CUDAExtension(
             "mtl_fast._C", sources + cuda_sources, include_dirs=[os.path.join(here, "csrc")],
-            extra_compile_args=extra)
+            extra_compile_args=extra, extra_link_args=link)
     else:
         ext = cpp_extension.CppExtension(
-            "mtl_fast._C", sources, include_dirs=[os.path.join(here, "csrc")], extra_compile_args=extra)
+            "mtl_fast._C", sources, include_dirs=[os.path.join(here, "csrc")], extra_compile_args=extra,
+            extra_link_args=link)
     return [ext], {"build_ext": cpp_extension.BuildExtension}
 
 

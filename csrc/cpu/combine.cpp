@@ -10,28 +10,21 @@ namespace mtl_fast {
 namespace {
 
 constexpr int64_t kRangeCols = int64_t(1) << 15;
-// Columns accumulated at once: the float64 accumulator stays in L1.
-constexpr int64_t kBlockCols = 512;
 
+// Eight columns at a time in float64 registers: one read of every row, one write of the output.
 template <typename scalar_t>
-MTL_CPU_CLONES void combine_range(const scalar_t* data, int64_t n, int64_t K, const double* w, int64_t begin, int64_t end,
-                   scalar_t* out, bool accumulate) {
-  double acc[kBlockCols];
-  for (int64_t t0 = begin; t0 < end; t0 += kBlockCols) {
-    const int64_t len = std::min(kBlockCols, end - t0);
-    scalar_t* dst = out + t0;
-    if (accumulate) {
-      for (int64_t t = 0; t < len; ++t) acc[t] = static_cast<double>(dst[t]);
-    } else {
-      for (int64_t t = 0; t < len; ++t) acc[t] = 0.0;
-    }
-    for (int64_t k = 0; k < K; ++k) {
-      const scalar_t* row = data + k * n + t0;
-      const double wk = w[k];
-#pragma omp simd
-      for (int64_t t = 0; t < len; ++t) acc[t] += wk * static_cast<double>(row[t]);
-    }
-    for (int64_t t = 0; t < len; ++t) dst[t] = static_cast<scalar_t>(acc[t]);
+MTL_CPU_CLONES void combine_range(const scalar_t* data, int64_t n, int64_t K, const double* w, int64_t begin,
+                                  int64_t end, scalar_t* out, bool accumulate) {
+  int64_t t = begin;
+  for (; t + 8 <= end; t += 8) {
+    Vec8d acc = accumulate ? load8(out + t) : Vec8d{};
+    for (int64_t k = 0; k < K; ++k) acc += w[k] * load8(data + k * n + t);
+    store8(out + t, acc);
+  }
+  for (; t < end; ++t) {
+    double acc = accumulate ? static_cast<double>(out[t]) : 0.0;
+    for (int64_t k = 0; k < K; ++k) acc += w[k] * static_cast<double>(data[k * n + t]);
+    out[t] = static_cast<scalar_t>(acc);
   }
 }
 

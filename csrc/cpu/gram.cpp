@@ -13,62 +13,54 @@ namespace {
 // Columns per parallel work item: coarse enough to amortise the per-item partial Gram.
 constexpr int64_t kRangeCols = int64_t(1) << 15;
 
-// Columns per tile: the K rows of a tile are converted once into a float64 buffer of about 128 KiB
-// (resident in L2) and every pair product then streams from it.
-inline int64_t tile_cols(int64_t K) { return std::max<int64_t>(64, ((int64_t(1) << 14) / K) / 8 * 8); }
+// Rows are processed in blocks of 4: each block pair keeps 16 accumulators of 8 float64 lanes in registers
+// and converts 8 loaded values per 16 products. A partial block repeats row K-1 and ignores its products.
+constexpr int64_t kBlockRows = 4;
 
-// Rows are processed in blocks of 4 so that each block pair keeps 16 accumulators in registers and loads
-// 8 values per 16 products; K is padded with zero rows to a multiple of 4.
-inline int64_t padded_rows(int64_t K) { return (K + 3) / 4 * 4; }
+// Columns per pass over the block pairs: the K rows of a tile stay in L2 while every pair reads them.
+constexpr int64_t kTileCols = 2048;
 
-constexpr int kLanes = 8;
-
-// Sums out[a][b] += <A[a], B[b]> over len columns; the lane accumulators are what the vectoriser maps onto
-// SIMD registers, and the column order within a lane is fixed, so the result is reproducible.
-MTL_CPU_CLONES void dot_block_4x4(const double* const* A, const double* const* B, int64_t len,
+// out[a][b] = <A[a], B[b]> over len columns, in float64. The column order within a lane is fixed, so the
+// result is reproducible.
+template <typename scalar_t>
+MTL_CPU_CLONES void dot_block_4x4(const scalar_t* const* A, const scalar_t* const* B, int64_t len,
                                   double out[4][4]) {
-  double s[4][4][kLanes] = {};
+  Vec8d s[4][4] = {};
   int64_t t = 0;
-  for (; t + kLanes <= len; t += kLanes) {
-    for (int a = 0; a < 4; ++a)
-      for (int b = 0; b < 4; ++b)
-#pragma omp simd
-        for (int l = 0; l < kLanes; ++l) s[a][b][l] += A[a][t + l] * B[b][t + l];
+  for (; t + 8 <= len; t += 8) {
+    Vec8d a[4], b[4];
+    for (int r = 0; r < 4; ++r) {
+      a[r] = load8(A[r] + t);
+      b[r] = load8(B[r] + t);
+    }
+    for (int x = 0; x < 4; ++x)
+      for (int y = 0; y < 4; ++y) s[x][y] += a[x] * b[y];
   }
-  for (int a = 0; a < 4; ++a)
-    for (int b = 0; b < 4; ++b) {
-      double r = 0;
-      for (int l = 0; l < kLanes; ++l) r += s[a][b][l];
-      for (int64_t u = t; u < len; ++u) r += A[a][u] * B[b][u];
-      out[a][b] = r;
+  for (int x = 0; x < 4; ++x)
+    for (int y = 0; y < 4; ++y) {
+      double r = sum_lanes(s[x][y]);
+      for (int64_t u = t; u < len; ++u) r += static_cast<double>(A[x][u]) * static_cast<double>(B[y][u]);
+      out[x][y] = r;
     }
 }
 
 template <typename scalar_t>
-void gram_range(const scalar_t* data, int64_t n, int64_t K, int64_t begin, int64_t end, double* buf,
-                double* acc) {
-  const int64_t T = tile_cols(K);
-  const int64_t Kp = padded_rows(K);
-  for (int64_t t0 = begin; t0 < end; t0 += T) {
-    const int64_t len = std::min(T, end - t0);
-    for (int64_t k = 0; k < Kp; ++k) {
-      double* dst = buf + k * T;
-      if (k >= K) {
-        std::fill(dst, dst + len, 0.0);
-        continue;
-      }
-      const scalar_t* row = data + k * n + t0;
-#pragma omp simd
-      for (int64_t t = 0; t < len; ++t) dst[t] = static_cast<double>(row[t]);
-    }
-    for (int64_t I = 0; I < Kp; I += 4)
-      for (int64_t J = I; J < Kp; J += 4) {
-        const double* A[4] = {buf + I * T, buf + (I + 1) * T, buf + (I + 2) * T, buf + (I + 3) * T};
-        const double* B[4] = {buf + J * T, buf + (J + 1) * T, buf + (J + 2) * T, buf + (J + 3) * T};
+void gram_range(const scalar_t* data, int64_t n, int64_t K, int64_t begin, int64_t end, double* acc) {
+  for (int64_t t0 = begin; t0 < end; t0 += kTileCols) {
+    const int64_t len = std::min(kTileCols, end - t0);
+    for (int64_t I = 0; I < K; I += kBlockRows)
+      for (int64_t J = I; J < K; J += kBlockRows) {
+        const scalar_t* A[4];
+        const scalar_t* B[4];
+        for (int r = 0; r < 4; ++r) {
+          A[r] = data + std::min(I + r, K - 1) * n + t0;
+          B[r] = data + std::min(J + r, K - 1) * n + t0;
+        }
         double block[4][4];
         dot_block_4x4(A, B, len, block);
-        for (int64_t i = I; i < std::min(I + 4, K); ++i)
-          for (int64_t j = std::max(i, J); j < std::min(J + 4, K); ++j) acc[pair_index(i, j, K)] += block[i - I][j - J];
+        for (int64_t i = I; i < std::min(I + kBlockRows, K); ++i)
+          for (int64_t j = std::max(i, J); j < std::min(J + kBlockRows, K); ++j)
+            acc[pair_index(i, j, K)] += block[i - I][j - J];
       }
   }
 }
@@ -81,13 +73,12 @@ at::Tensor gram_cpu(at::TensorList jac) {
   std::vector<double> partial(ranges.size() * pairs, 0.0);
 
   at::parallel_for(0, static_cast<int64_t>(ranges.size()), 1, [&](int64_t first, int64_t last) {
-    std::vector<double> buf(padded_rows(K) * tile_cols(K));
     for (int64_t r = first; r < last; ++r) {
       const ColumnRange& range = ranges[r];
       const at::Tensor& chunk = chunks[range.chunk];
       const int64_t n = chunk.numel() / K;
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, chunk.scalar_type(), "mtl_fast::gram", [&] {
-        gram_range<scalar_t>(chunk.const_data_ptr<scalar_t>(), n, K, range.begin, range.end, buf.data(),
+        gram_range<scalar_t>(chunk.const_data_ptr<scalar_t>(), n, K, range.begin, range.end,
                              partial.data() + r * pairs);
       });
     }
