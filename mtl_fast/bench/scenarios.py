@@ -468,7 +468,10 @@ def scenarios(device: torch.device, quick: bool) -> List[Scenario]:
         grid = [(2, 100_000), (8, 100_000), (32, 100_000), (8, 4_000_000)]
         dtypes = [torch.float32]
     else:
-        grid = [(K, P) for K in (2, 8, 32) for P in (100_000, 1_000_000, 4_000_000)]
+        # A GPU streams 4e6 columns in well under a millisecond: it gets sizes where bandwidth, not launch
+        # latency, decides.
+        sizes = (100_000, 1_000_000, 4_000_000) + ((16_000_000, 64_000_000) if device.type == "cuda" else ())
+        grid = [(K, P) for K in (2, 8, 32) for P in sizes]
         dtypes = [torch.float32, torch.float64, torch.bfloat16]
     for dtype in dtypes:
         for K, P in grid if dtype == torch.float32 else [(8, 1_000_000)]:
