@@ -1,13 +1,15 @@
 """Parameter-level multi-task backward: aggregate the per-task gradients of the shared parameters."""
 from __future__ import annotations
 
-from typing import Iterable, List, Optional, Sequence, Union
+from typing import Callable, Iterable, List, Optional, Sequence, Union
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from . import _ops
 from .aggregators import Aggregator, GramAggregator, Sum, _FixedWeights
+from .distributed import GlobalGram, GradientReducer, agreed_weights, world_size
 
 __all__ = ["backward", "reachable_leaves"]
 
@@ -91,32 +93,59 @@ def reachable_leaves(roots: Sequence[Tensor]) -> List[Tensor]:
     return leaves
 
 
-def _per_task_gradients(losses: List[Tensor], inputs: List[Tensor], retain_graph: bool, mode: str) -> List[Tensor]:
-    """The (K, *p.shape) per-task gradient of every input: one batched backward, or one backward per task."""
+#: Receives task k's gradients (one per input) as soon as they exist.
+TaskSink = Callable[[int, Sequence[Tensor]], None]
+
+
+def _per_task_gradients(losses: List[Tensor], inputs: List[Tensor], retain_graph: bool, mode: str,
+                        sink: Optional[TaskSink] = None) -> Optional[List[Tensor]]:
+    """The (K, *p.shape) per-task gradient of every input: one batched backward, or one backward per task.
+
+    With ``sink``, nothing is stacked or returned: task k's gradients go to ``sink(k, grads)`` as soon as they
+    exist (after each pass of the loop, or row by row from the batched result), so that a consumer such as the
+    distributed reducer can start sending task k while task k + 1 is still being computed.
+    """
     K = len(losses)
     if mode == "batched" or (mode == "auto" and K > 1 and losses[0].device.type != "cpu"):
         stacked = torch.stack(losses)
         try:
-            return list(torch.autograd.grad(
+            grads = torch.autograd.grad(
                 stacked, inputs, grad_outputs=torch.eye(K, dtype=stacked.dtype, device=stacked.device),
-                retain_graph=retain_graph, allow_unused=True, materialize_grads=True, is_grads_batched=True))
+                retain_graph=retain_graph, allow_unused=True, materialize_grads=True, is_grads_batched=True)
         except RuntimeError as batched_error:
             if mode == "batched":
                 raise
             try:
-                return _per_task_loop(losses, inputs, retain_graph)
+                return _per_task_loop(losses, inputs, retain_graph, sink)
             except RuntimeError as loop_error:
                 raise RuntimeError(
                     f"mtl_fast.backward: the batched backward failed ({batched_error}) and the per-task fallback "
                     f"then failed too ({loop_error}); call it with jacobian='loop'") from loop_error
-    return _per_task_loop(losses, inputs, retain_graph)
+        if sink is None:
+            return list(grads)
+        for k in range(K):
+            sink(k, [g[k] for g in grads])
+        return None
+    return _per_task_loop(losses, inputs, retain_graph, sink)
 
 
-def _per_task_loop(losses: List[Tensor], inputs: List[Tensor], retain_graph: bool) -> List[Tensor]:
-    per_task = [torch.autograd.grad(loss, inputs, retain_graph=retain_graph or k + 1 < len(losses),
+def _per_task_loop(losses: List[Tensor], inputs: List[Tensor], retain_graph: bool,
+                   sink: Optional[TaskSink] = None) -> Optional[List[Tensor]]:
+    per_task = []
+    for k, loss in enumerate(losses):
+        grads = torch.autograd.grad(loss, inputs, retain_graph=retain_graph or k + 1 < len(losses),
                                     allow_unused=True, materialize_grads=True)
-                for k, loss in enumerate(losses)]
-    return [torch.stack(task_grads) for task_grads in zip(*per_task)]
+        if sink is None:
+            per_task.append(grads)
+        else:
+            sink(k, grads)
+    return None if sink is not None else [torch.stack(task_grads) for task_grads in zip(*per_task)]
+
+
+def _weighted_sum(aggregator: _FixedWeights, losses: List[Tensor]) -> Tensor:
+    """sum(w_k * L_k) with Python-float w_k, exactly as a user writes it; read from a CPU copy, never the device."""
+    scales = aggregator.fixed_weights(len(losses), torch.device("cpu")).tolist()
+    return sum(s * loss for s, loss in zip(scales, losses))
 
 
 def _accumulate(params: List[Tensor], chunks: List[Tensor], weights: Tensor) -> None:
@@ -131,7 +160,8 @@ def _accumulate(params: List[Tensor], chunks: List[Tensor], weights: Tensor) -> 
 
 
 def backward(losses: Union[Tensor, Sequence[Tensor]], shared_params: Iterable[Tensor], *,
-             aggregator: Aggregator = Sum(), retain_graph: bool = False, jacobian: str = "auto") -> Optional[Tensor]:
+             aggregator: Aggregator = Sum(), retain_graph: bool = False, jacobian: str = "auto",
+             process_group: Optional[dist.ProcessGroup] = None) -> Optional[Tensor]:
     """Backpropagates K task losses, combining their gradients on the shared parameters with ``aggregator``.
 
     Shared parameters get the aggregate of their K per-task gradients; every other parameter the losses reach
@@ -148,28 +178,43 @@ def backward(losses: Union[Tensor, Sequence[Tensor]], shared_params: Iterable[Te
             ``is_grads_batched``), 'loop' (K backward passes) or 'auto': batched on GPUs, where one large
             batched backward beats K small ones, falling back to the loop for models vmap cannot handle;
             the loop on CPUs, where vmap's overhead costs more than it saves.
+        process_group: a ``torch.distributed`` group (e.g. ``torch.distributed.group.WORLD``) whose ranks each
+            hold an equal share of the batch: every gradient (per task, for the shared parameters) is averaged
+            over the ranks before it is aggregated, so every rank writes the bitwise same gradients, those of one
+            process on the whole batch when each loss is its rank's mean over an equal local batch. Every rank
+            must call this with the same ``shared_params`` and aggregator, in the same order. Under
+            DistributedDataParallel, run the forward and this call inside ``ddp_model.no_sync()``. See
+            docs/distributed.md and :mod:`mtl_fast.distributed`.
     Returns:
         The (K,) float64 weights applied to the shared gradients (None for an aggregator that is not
         Gram-based).
     Raises:
-        ValueError / TypeError on bad input, before anything is written to ``.grad``.
+        ValueError / TypeError on bad input, before anything is written to ``.grad``; with ``process_group``,
+        whatever a failed or timed-out collective raises (the group's timeout bounds the wait for a rank that
+        never arrives), also before anything is written.
     """
     losses = _check_losses(losses)
     shared = _check_params(shared_params)
     if not isinstance(aggregator, Aggregator):
         raise TypeError(f"aggregator: expected an mtl_fast Aggregator (e.g. mtl_fast.PCGrad()), got "
                         f"{type(aggregator).__name__}")
+    if isinstance(aggregator, GlobalGram):
+        raise TypeError("aggregator: GlobalGram is for mtl_fast.fork; mtl_fast.backward averages the task "
+                        "gradients itself when given process_group")
     if jacobian not in _JACOBIAN_MODES:
         raise ValueError(f"jacobian: expected one of {_JACOBIAN_MODES}, got {jacobian!r}")
+    if process_group is not None:
+        world_size(process_group)
     K = len(losses)
     for i, p in enumerate(shared):
         if p.device != losses[0].device:
             raise ValueError(f"shared_params[{i}]: is on {p.device} but the losses are on {losses[0].device}")
 
+    if process_group is not None:
+        return _backward_across_ranks(losses, shared, aggregator, retain_graph, jacobian, process_group)
+
     if isinstance(aggregator, _FixedWeights):
-        # Python-float scales, exactly as a user writes sum(w_k * L_k); read from a CPU copy, never the device.
-        scales = aggregator.fixed_weights(K, torch.device("cpu")).tolist()
-        torch.autograd.backward(sum(s * loss for s, loss in zip(scales, losses)), retain_graph=retain_graph)
+        torch.autograd.backward(_weighted_sum(aggregator, losses), retain_graph=retain_graph)
         return aggregator.fixed_weights(K, losses[0].device)
 
     shared_ids = {id(p) for p in shared}
@@ -193,4 +238,48 @@ def backward(losses: Union[Tensor, Sequence[Tensor]], shared_params: Iterable[Te
                         torch.ones(1, dtype=torch.float64, device=losses[0].device))
         if others:
             _accumulate(others, others_J, torch.ones(K, dtype=torch.float64, device=losses[0].device))
+    return weights
+
+
+def _backward_across_ranks(losses: List[Tensor], shared: List[Tensor], aggregator: Aggregator, retain_graph: bool,
+                           jacobian: str, group: dist.ProcessGroup) -> Optional[Tensor]:
+    """backward() with every gradient averaged over the R ranks of ``group`` before it is aggregated.
+
+    The gradients are summed over the ranks (:class:`~mtl_fast.distributed.GradientReducer`) and the 1/R of the
+    mean is folded into the K x K math rather than spent on a pass over J: the mean J/R has Gram G/R^2 and its
+    combination with weights w is that of J with w/R. All shared parameters are communicated on every rank, even
+    those this rank's losses do not reach (as zeros), so that the ranks' collectives match. Even Sum/Mean/Weighted compute
+    their gradient with autograd.grad rather than into ``.grad``: averaging ``.grad`` in place would also
+    average what earlier calls accumulated there, and could leave it half-reduced on failure.
+    """
+    K, device = len(losses), losses[0].device
+    shared_ids = {id(p) for p in shared}
+    leaves = reachable_leaves(losses)
+    reached = {id(p) for p in leaves}
+    others = [p for p in leaves if id(p) not in shared_ids]
+    inputs = [p for p in shared if id(p) in reached] + others
+    fixed = isinstance(aggregator, _FixedWeights)
+    reducer = GradientReducer(shared, [id(p) in reached for p in shared], others, 1 if fixed else K, group)
+    R = reducer.world_size
+    if fixed:
+        reducer.add_row(0, torch.autograd.grad(_weighted_sum(aggregator, losses), inputs, retain_graph=retain_graph,
+                                               allow_unused=True, materialize_grads=True))
+    else:
+        _per_task_gradients(losses, inputs, retain_graph, jacobian, sink=reducer.add_row)
+    mean = torch.full((reducer.rows,), 1.0 / R, dtype=torch.float64, device=device)
+    with torch.no_grad():
+        J = reducer.shared_sums()
+        if fixed:
+            weights = aggregator.fixed_weights(K, device)
+            combined = _ops.combine(J, mean)
+        elif isinstance(aggregator, GramAggregator):
+            weights = agreed_weights(aggregator, _ops.gram(J) / R ** 2, group)
+            combined = _ops.combine(J, weights / R)
+        else:
+            # Not Gram-based: no weights to agree on, so a random aggregator (GradDrop) must be seeded alike.
+            weights = None
+            combined = aggregator.aggregate_chunks([j.div_(R) for j in J])
+        # The task-specific sums were still in flight while the shared ones were aggregated.
+        others_combined = _ops.combine(reducer.other_sums(), mean) if others else []
+        reducer.accumulate(combined, others_combined)
     return weights
