@@ -248,8 +248,8 @@ def _backward_across_ranks(losses: List[Tensor], shared: List[Tensor], aggregato
     The gradients are summed over the ranks (:class:`~mtl_fast.distributed.GradientReducer`) and the 1/R of the
     mean is folded into the K x K math rather than spent on a pass over J: the mean J/R has Gram G/R^2 and its
     combination with weights w is that of J with w/R. All shared parameters are communicated on every rank, even
-    those this rank's losses do not reach (as zeros), so that the ranks' collectives match. Even Sum/Mean/Weighted compute
-    their gradient with autograd.grad rather than into ``.grad``: averaging ``.grad`` in place would also
+    those this rank's losses do not reach (as zeros), so that the ranks' collectives match. Even Sum/Mean/Weighted
+    compute their gradient with autograd.grad rather than into ``.grad``: averaging ``.grad`` in place would also
     average what earlier calls accumulated there, and could leave it half-reduced on failure.
     """
     K, device = len(losses), losses[0].device
@@ -266,12 +266,12 @@ def _backward_across_ranks(losses: List[Tensor], shared: List[Tensor], aggregato
                                                allow_unused=True, materialize_grads=True))
     else:
         _per_task_gradients(losses, inputs, retain_graph, jacobian, sink=reducer.add_row)
-    mean = torch.full((reducer.rows,), 1.0 / R, dtype=torch.float64, device=device)
+    mean_of_one_row = torch.full((1,), 1.0 / R, dtype=torch.float64, device=device)
     with torch.no_grad():
         J = reducer.shared_sums()
         if fixed:
             weights = aggregator.fixed_weights(K, device)
-            combined = _ops.combine(J, mean)
+            combined = _ops.combine(J, mean_of_one_row)
         elif isinstance(aggregator, GramAggregator):
             weights = agreed_weights(aggregator, _ops.gram(J) / R ** 2, group)
             combined = _ops.combine(J, weights / R)
@@ -280,6 +280,6 @@ def _backward_across_ranks(losses: List[Tensor], shared: List[Tensor], aggregato
             weights = None
             combined = aggregator.aggregate_chunks([j.div_(R) for j in J])
         # The task-specific sums were still in flight while the shared ones were aggregated.
-        others_combined = _ops.combine(reducer.other_sums(), mean) if others else []
+        others_combined = _ops.combine(reducer.other_sums(), mean_of_one_row) if others else []
         reducer.accumulate(combined, others_combined)
     return weights

@@ -19,7 +19,7 @@ checks first, with one fixed-size collective, that the ranks agree on that layou
 from __future__ import annotations
 
 import zlib
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -94,8 +94,8 @@ class GradientReducer:
     """Sums the rows of per-task gradients over the ranks of ``group``, bucketed and asynchronous.
 
     Construct it, feed it every row with :meth:`add_row` (row k: one gradient per parameter this rank reaches,
-    ``shared`` then ``others``, as soon as it exists), then read the sums with :meth:`shared_sums` / :meth:`other_sums` and
-    write the combined gradients with :meth:`accumulate`. Nothing is written to any ``.grad`` before every
+    ``shared`` then ``others``, as soon as it exists), then read the sums with :meth:`shared_sums` and
+    :meth:`other_sums` and write the combined gradients with :meth:`accumulate`. Nothing is written to any ``.grad`` before every
     collective has completed, so a failed or timed-out collective leaves the gradients as they were.
 
     Args:
@@ -103,7 +103,8 @@ class GradientReducer:
         reached: for each shared parameter, whether this rank's losses reach it; a parameter reached on some
             rank only is still communicated everywhere (as zeros elsewhere), one reached on none is left alone.
         others: the task-specific parameters the losses reach; must be the same list on every rank.
-        rows: the number of gradient rows per parameter (K, or 1 for a weighted sum of the losses).
+        rows: the number of gradient rows per shared parameter (K, or 1 for a weighted sum of the losses); the
+            task-specific parameters' rows are summed locally and sent as one.
         group: the process group.
     Raises:
         ValueError on every rank (never on some only) when the ranks disagree on the layout.
@@ -115,7 +116,8 @@ class GradientReducer:
         self.world_size = world_size(group)
         self.rows = rows
         self._shared = _flat_groups(shared, rows)
-        self._others = _flat_groups(others, rows) if others else []
+        # Task-specific parameters only ever need the sum over the tasks: one row, summed before it is sent.
+        self._others = _flat_groups(others, 1) if others else []
         self._unreached = {id(p) for p, r in zip(shared, reached) if not r}
         self._reached = torch.tensor(reached, dtype=torch.int32)
         self._shared_work: List[dist.Work] = []
@@ -154,19 +156,28 @@ class GradientReducer:
         if self._layout_work is not None:
             self._check_layout()
         grads = iter(grads)
-        for flats, work in ((self._shared, self._shared_work), (self._others, self._other_work)):
-            for flat in flats:
-                row, start, ends = flat.buffer[k], 0, iter(flat.bucket_ends)
-                end = next(ends)
-                for i in range(len(flat.params)):
-                    piece = row[flat.offsets[i]: flat.offsets[i + 1]]
-                    if id(flat.params[i]) in self._unreached:
-                        piece.zero_()
-                    else:
-                        piece.copy_(next(grads).reshape(-1))
-                    if flat.offsets[i + 1] == end:
-                        work.append(dist.all_reduce(row[start:end], group=self.group, async_op=True))
-                        start, end = end, next(ends, None)
+        for flat in self._shared:
+            self._pack(flat, flat.buffer[k], grads, add=False, send_to=self._shared_work)
+        last = k == self.rows - 1
+        for flat in self._others:
+            self._pack(flat, flat.buffer[0], grads, add=k > 0, send_to=self._other_work if last else None)
+
+    def _pack(self, flat: _FlatGroup, row: Tensor, grads: Iterator[Tensor], add: bool,
+              send_to: Optional[List[dist.Work]]) -> None:
+        """Copies (or adds) the next gradients into ``row``; with ``send_to``, starts each bucket once packed."""
+        start, ends = 0, iter(flat.bucket_ends)
+        end = next(ends)
+        for i, p in enumerate(flat.params):
+            piece = row[flat.offsets[i]: flat.offsets[i + 1]]
+            if id(p) in self._unreached:
+                piece.zero_()
+            elif add:
+                piece.add_(next(grads).reshape(-1))
+            else:
+                piece.copy_(next(grads).reshape(-1))
+            if send_to is not None and flat.offsets[i + 1] == end:
+                send_to.append(dist.all_reduce(row[start:end], group=self.group, async_op=True))
+                start, end = end, next(ends, None)
 
     def shared_sums(self) -> List[Tensor]:
         """The (rows, n) buffers of the shared gradients summed over the ranks, one per dtype and device.
@@ -182,7 +193,7 @@ class GradientReducer:
         return [flat.buffer for flat in self._shared]
 
     def other_sums(self) -> List[Tensor]:
-        """The (rows, n) buffers of the task-specific gradients summed over the ranks."""
+        """The (1, n) buffers of the task-specific gradients summed over the tasks and the ranks."""
         for work in self._other_work:
             work.wait()
         return [flat.buffer for flat in self._others]
