@@ -320,5 +320,6 @@ def test_backward_rejects_bad_process_groups():
     x, y = _data(1)
     with pytest.raises((RuntimeError, TypeError), match="process_group"):
         mf.backward(net.losses(x, y, None), net.shared(), process_group="world")
+    # Constructing a GlobalGram needs an initialised group; backward rejects it on its type alone.
     with pytest.raises(TypeError, match="GlobalGram is for mtl_fast.fork"):
         mf.backward(net.losses(x, y, None), net.shared(), aggregator=mfd.GlobalGram.__new__(mfd.GlobalGram))
