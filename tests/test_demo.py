@@ -153,3 +153,17 @@ def test_runs_without_a_weighting_module(monkeypatch):
 def test_cli_dispatch(capsys):
     assert cli_main(["demo", "--list-strategies"]) == 0
     assert "pcgrad-rep" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
+def test_cuda_requested_without_a_gpu(tmp_path, capsys):
+    status, _ = run_demo(tmp_path, "--device", "cuda")
+    assert status == 2 and "no CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.cuda
+def test_tiny_run_on_cuda(tmp_path):
+    status, report = run_demo(tmp_path, "--device", "cuda", "--strategies", "sum,pcgrad,pcgrad-rep,dwa",
+                              "--loop-steps", "2")
+    assert status == 0 and report["environment"]["device"].startswith("cuda")
+    assert all(s["error"] is None for s in report["strategies"]) and report["per_task_loop"]["speedup"] > 0
