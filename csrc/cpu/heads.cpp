@@ -1,0 +1,210 @@
+// Schemas of the fused heads' loss ops and their CPU kernels. The schemas are a library fragment of their own
+// (not in csrc/ops.cpp) so the heads stay one self-contained unit; they sit in csrc/cpu/ because every build,
+// with or without CUDA, compiles that folder. Fake kernels and autograd: mtl_fast/nn/_heads_ops.py.
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "cpu/simd.h"
+#include "heads_checks.h"
+
+TORCH_LIBRARY_FRAGMENT(mtl_fast, m) {
+  // Per-task losses of K heads whose outputs lie side by side in logits (B, sum of sizes), task k owning
+  // sizes[k] columns: softmax cross-entropy against its row of class_targets (K_classification, B) int64 with
+  // F.cross_entropy's ignore_index, or, where regression[k], squared error against its columns of
+  // value_targets (B, sum of regression sizes). Returns the losses, (K,) for 'mean' and 'sum', (K, B) per
+  // sample for 'none', in the accumulation dtype (float32 for float16/bfloat16 logits), and their gradient
+  // with respect to the logits (softmax - onehot, over N for 'mean') in the logits' dtype, for all tasks in
+  // one pass.
+  m.def(
+      "heads_loss(Tensor logits, Tensor class_targets, Tensor value_targets, int[] sizes, bool[] regression, "
+      "int ignore_index, str reduction) -> (Tensor, Tensor)");
+  // The backward of heads_loss: grad's columns of task k scaled by grad_losses[k] (or, per sample, [k, b]).
+  m.def("heads_loss_backward(Tensor grad_losses, Tensor grad, int[] sizes) -> Tensor");
+}
+
+namespace mtl_fast {
+namespace {
+
+// exp(x) for the x <= 0 of a shifted softmax, in plain arithmetic so that GCC vectorises the loops calling
+// it (std::exp stays a scalar libm call without -ffast-math): 2^n exp(r) with |r| <= ln2 / 2 and Cephes'
+// polynomial for exp(r), relative error below 2e-7. Below -87 it returns ~1e-38 rather than 0, which
+// no softmax denominator (>= 1) can tell apart.
+inline float exp_nonpositive(float x) {
+  const float clamped = std::max(x, -87.0f);
+  const float n = std::floor(clamped * 1.44269504088896341f + 0.5f);
+  const float r = (clamped - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return x == x ? p * scale : x;  // NaN logits give a NaN loss, as in F.cross_entropy
+}
+
+inline double exp_nonpositive(double x) { return std::exp(x); }
+
+// Loss of one row of one classification task; writes its gradient (softmax - onehot) * scale. `work` holds
+// size values of scratch.
+template <typename scalar_t, typename acc_t>
+MTL_CPU_CLONES acc_t cross_entropy_row(const scalar_t* z, int64_t size, int64_t target, acc_t scale, acc_t* work,
+                                       scalar_t* grad) {
+  acc_t m = -std::numeric_limits<acc_t>::infinity();
+#pragma omp simd reduction(max : m)
+  for (int64_t c = 0; c < size; ++c) m = std::max(m, static_cast<acc_t>(z[c]));
+  acc_t s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t c = 0; c < size; ++c) {
+    work[c] = exp_nonpositive(static_cast<acc_t>(z[c]) - m);
+    s += work[c];
+  }
+  const acc_t r = scale / s;
+#pragma omp simd
+  for (int64_t c = 0; c < size; ++c) grad[c] = static_cast<scalar_t>(work[c] * r);
+  grad[target] = static_cast<scalar_t>(work[target] * r - scale);
+  return std::log(s) + m - static_cast<acc_t>(z[target]);
+}
+
+// Squared error of one row of one regression task; writes its gradient 2 (z - t) * scale.
+template <typename scalar_t, typename acc_t>
+MTL_CPU_CLONES acc_t squared_error_row(const scalar_t* z, const acc_t* t, int64_t size, acc_t scale,
+                                       scalar_t* grad) {
+  acc_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t c = 0; c < size; ++c) {
+    const acc_t d = static_cast<acc_t>(z[c]) - t[c];
+    sum += d * d;
+    grad[c] = static_cast<scalar_t>(2 * d * scale);
+  }
+  return sum;
+}
+
+template <typename scalar_t, typename acc_t>
+MTL_CPU_CLONES void scale_row(const scalar_t* src, int64_t size, acc_t factor, scalar_t* dst) {
+#pragma omp simd
+  for (int64_t c = 0; c < size; ++c) dst[c] = static_cast<scalar_t>(static_cast<acc_t>(src[c]) * factor);
+}
+
+// Rows per parallel chunk: enough columns that a chunk outweighs the cost of handing it to a thread.
+int64_t row_grain(int64_t width) { return std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(width, 1)); }
+
+// For 'mean': how many terms each task's loss averages (non-ignored targets, or batch x outputs); checks the
+// class targets on the way, before anything is written.
+std::vector<double> count_terms(const std::vector<HeadsTask>& tasks, const at::Tensor& class_targets,
+                                int64_t batch, int64_t ignore_index) {
+  const int64_t* targets = class_targets.const_data_ptr<int64_t>();
+  std::vector<double> counts;
+  for (const HeadsTask& task : tasks) {
+    if (task.regression) {
+      counts.push_back(static_cast<double>(batch * task.size));
+      continue;
+    }
+    int64_t n = 0;
+    for (int64_t b = 0; b < batch; ++b) {
+      const int64_t t = targets[task.target * batch + b];
+      if (t == ignore_index) continue;
+      TORCH_CHECK_VALUE(t >= 0 && t < task.size, "targets[", task.index, "][", b, "]: class ", t,
+                        " is out of range for task ", task.index, ", which has ", task.size,
+                        " classes (class_targets row ", task.target, "; ignore_index is ", ignore_index, ")");
+      ++n;
+    }
+    counts.push_back(static_cast<double>(n));
+  }
+  return counts;
+}
+
+std::tuple<at::Tensor, at::Tensor> heads_loss_cpu(const at::Tensor& logits, const at::Tensor& class_targets,
+                                                  const at::Tensor& value_targets, at::IntArrayRef sizes,
+                                                  const c10::List<bool>& regression, int64_t ignore_index,
+                                                  c10::string_view reduction) {
+  const std::vector<HeadsTask> tasks = check_heads_loss_inputs(logits, class_targets, value_targets, sizes,
+                                                               regression);
+  const HeadsReduction mode = parse_heads_reduction(reduction);
+  const at::Tensor z = logits.contiguous(), classes = class_targets.contiguous(),
+                   values = value_targets.contiguous();
+  const int64_t batch = z.size(0), width = z.size(1), K = static_cast<int64_t>(tasks.size());
+  const std::vector<double> counts = count_terms(tasks, classes, batch, ignore_index);
+  at::Tensor grad = at::empty_like(z);
+  // Per-row losses in double, summed per task afterwards in a fixed order: the result does not depend on
+  // how parallel_for cut the rows.
+  at::Tensor row_losses = at::empty({K, batch}, z.options().dtype(at::kDouble));
+  int64_t widest = 0;
+  for (const HeadsTask& task : tasks) widest = std::max(widest, task.size);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "mtl_fast::heads_loss", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* zp = z.const_data_ptr<scalar_t>();
+    const int64_t* cp = classes.const_data_ptr<int64_t>();
+    const acc_t* vp = values.const_data_ptr<acc_t>();
+    const int64_t value_width = values.size(1);
+    scalar_t* gp = grad.data_ptr<scalar_t>();
+    double* lp = row_losses.data_ptr<double>();
+    at::parallel_for(0, batch, row_grain(width), [&](int64_t first, int64_t last) {
+      std::vector<acc_t> work(widest);
+      for (int64_t b = first; b < last; ++b) {
+        for (const HeadsTask& task : tasks) {
+          const scalar_t* zr = zp + b * width + task.offset;
+          scalar_t* gr = gp + b * width + task.offset;
+          const acc_t scale = mode == HeadsReduction::kMean ? acc_t(1.0 / counts[task.index]) : acc_t(1);
+          double loss = 0;
+          if (task.regression) {
+            loss = squared_error_row(zr, vp + b * value_width + task.target, task.size, scale, gr);
+          } else if (cp[task.target * batch + b] == ignore_index) {
+            std::fill(gr, gr + task.size, scalar_t(0));
+          } else {
+            loss = cross_entropy_row(zr, task.size, cp[task.target * batch + b], scale, work.data(), gr);
+          }
+          lp[task.index * batch + b] = loss;
+        }
+      }
+    });
+  });
+  const at::ScalarType acc = at::toOpMathType(z.scalar_type());
+  if (mode == HeadsReduction::kNone) return {row_losses.to(acc), grad};
+  at::Tensor losses = row_losses.sum(1);
+  if (mode == HeadsReduction::kMean) losses.div_(at::tensor(counts, losses.options()));
+  return {losses.to(acc), grad};
+}
+
+at::Tensor heads_loss_backward_cpu(const at::Tensor& grad_losses, const at::Tensor& grad, at::IntArrayRef sizes) {
+  const std::vector<HeadsTask> tasks = check_heads_backward_inputs(grad_losses, grad, sizes);
+  const at::Tensor g = grad.contiguous();
+  const int64_t batch = g.size(0), width = g.size(1);
+  const bool per_sample = grad_losses.dim() == 2;
+  at::Tensor out = at::empty_like(g);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "mtl_fast::heads_loss_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const at::Tensor scales = grad_losses.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+    const acc_t* sp = scales.const_data_ptr<acc_t>();
+    const scalar_t* gp = g.const_data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, batch, row_grain(width), [&](int64_t first, int64_t last) {
+      for (int64_t b = first; b < last; ++b) {
+        for (const HeadsTask& task : tasks) {
+          const acc_t factor = per_sample ? sp[task.index * batch + b] : sp[task.index];
+          scale_row(gp + b * width + task.offset, task.size, factor, op + b * width + task.offset);
+        }
+      }
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mtl_fast, CPU, m) {
+  m.impl("heads_loss", &heads_loss_cpu);
+  m.impl("heads_loss_backward", &heads_loss_backward_cpu);
+}
+
+}  // namespace mtl_fast
