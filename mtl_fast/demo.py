@@ -435,13 +435,15 @@ def _plot(path: Path, runs: Sequence[StrategyRun], task_names: Sequence[str], ch
     columns = min(3, len(task_names))
     rows = math.ceil(len(task_names) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False, sharex=True)
-    colours = plt.get_cmap("tab20")  # 20 distinct colours; the level sets the line style
+    # tab20 pairs a dark and a light shade of 10 hues: the first ten strategies take the dark ones, the next ten
+    # the light ones, so neighbours in the legend differ in hue. The level sets the line style.
+    colours = plt.get_cmap("tab20")
     styles = {"parameter": "-", "representation": "--", "loss": ":"}
     for k, (task, ax) in enumerate(zip(task_names, axes.flat)):
         for i, run in enumerate(runs):
             if run.error is None:
                 ax.plot(run.curve_steps, [100 * acc[k] for acc in run.curve], label=run.strategy.name,
-                        color=colours(i % 20), linestyle=styles[run.strategy.level])
+                        color=colours((2 * i) % 20 + (i // 10) % 2), linestyle=styles[run.strategy.level])
         ax.axhline(100 * chance[k], color="black", linestyle="-.", linewidth=0.8, label="chance")
         ax.set_title(task)
         ax.set_ylim(0, 102)  # a curve at 100% stays visible above the frame
