@@ -1,0 +1,309 @@
+// Batched small nonnegative QPs by block principal pivoting: one source for the CPU op and the CUDA kernel.
+//
+//   min_z 1/2 z^T M z + q^T z   s.t. z >= 0   (and sum(z) = 1 for the simplex form),  M K x K positive definite.
+//
+// This is the algorithm of mtl_fast.aggregators.solve_nonnegative_qp (Judice & Pires 1994; Kim & Park 2011) step
+// for step, with the same KKT checks, tolerances and anti-cycling rule, so the compiled and the torch paths agree
+// to rounding: guess the free set F, solve the equality-constrained problem on F, flip every coordinate that
+// violates a KKT condition; when the number of violations has not decreased for K/2 + 3 steps, flip only the
+// last violating index (Murty's rule), which cannot cycle. The torch path solves on F with a batched LU; here a
+// dense Cholesky of M_FF in scalar code, which at K <= 64 costs less than one torch op.
+//
+// The QP-based aggregators' whole weights(G) also lives here (qp_* below), so the CPU op needs no torch op
+// and the CUDA kernel no host round trip.
+#pragma once
+
+#include <cmath>
+
+#include "kernels/common.h"
+
+namespace mtl_fast {
+
+// Workspace of one problem: K*K for the factor of M_FF plus 4*K for the right-hand sides, M z and the
+// active-set method's target.
+MTL_HD inline int64_t nonneg_qp_workspace(int64_t K) { return K * K + 4 * K; }
+// Integer workspace of one problem: the free flags, the list of free indices and the violation flags.
+MTL_HD inline int64_t nonneg_qp_index_workspace(int64_t K) { return 3 * K; }
+
+// Cholesky factor L (n x n, row-major, lower) of M restricted to the indices F[0..n). Pivots are floored at
+// `floor` > 0: for the positive definite M the solver is meant for the floor never binds; a singular M (a caller
+// that skipped the regularisation) then still gives finite answers instead of inf/nan.
+template <typename scalar_t>
+MTL_HD void cholesky_on_subset(const scalar_t* M, int64_t K, const int* F, int64_t n, scalar_t floor,
+                               scalar_t* L) {
+  for (int64_t j = 0; j < n; ++j) {
+    const scalar_t* Lj = L + j * n;
+    scalar_t d = M[F[j] * K + F[j]];
+    for (int64_t k = 0; k < j; ++k) d -= Lj[k] * Lj[k];
+    const scalar_t pivot = std::sqrt(d > floor ? d : floor);  // also catches a NaN d
+    L[j * n + j] = pivot;
+    for (int64_t i = j + 1; i < n; ++i) {
+      scalar_t* Li = L + i * n;
+      scalar_t s = M[F[i] * K + F[j]];
+      for (int64_t k = 0; k < j; ++k) s -= Li[k] * Lj[k];
+      Li[j] = s / pivot;
+    }
+  }
+}
+
+// x <- (L L^T)^{-1} x, in place (n values).
+template <typename scalar_t>
+MTL_HD void cholesky_solve(const scalar_t* L, int64_t n, scalar_t* x) {
+  for (int64_t i = 0; i < n; ++i) {
+    scalar_t s = x[i];
+    for (int64_t k = 0; k < i; ++k) s -= L[i * n + k] * x[k];
+    x[i] = s / L[i * n + i];
+  }
+  for (int64_t i = n - 1; i >= 0; --i) {
+    scalar_t s = x[i];
+    for (int64_t k = i + 1; k < n; ++k) s -= L[k * n + i] * x[k];
+    x[i] = s / L[i * n + i];
+  }
+}
+
+// Smallest positive normal double: guards the simplex multiplier's division like torch.finfo(float64).tiny.
+constexpr double kTiny = 2.2250738585072014e-308;
+// Pivot floor of the Cholesky, relative to M's largest diagonal entry (1 when that is not positive).
+constexpr double kPivotFloor = 1e-14;
+
+template <typename scalar_t>
+MTL_HD scalar_t max_of(scalar_t a, scalar_t b) { return a > b ? a : b; }
+
+// The working state of one problem, carved from the caller's workspace.
+template <typename scalar_t>
+struct QpState {
+  const scalar_t* M;
+  const scalar_t* q;
+  int64_t K;
+  bool simplex;
+  scalar_t floor;    // Cholesky pivot floor
+  scalar_t q_scale;  // max |q|
+  scalar_t* L;       // factor of M_FF
+  scalar_t* x1;      // M_FF^{-1} (-q_F)
+  scalar_t* x2;      // M_FF^{-1} 1_F (simplex only)
+  scalar_t* Mz;
+  int* free;
+  int* F;     // the free indices, in increasing order
+  int* flip;  // the KKT violations, then the coordinates to move to the other set
+};
+
+// The minimiser over {z : z_i = 0 outside the free set (, sum(z) = 1)} into y; returns the multiplier of
+// sum(z) = 1 (0 without the simplex).
+template <typename scalar_t>
+MTL_HD scalar_t solve_on_free_set(const QpState<scalar_t>& s, scalar_t* y) {
+  int64_t n = 0;
+  for (int64_t i = 0; i < s.K; ++i)
+    if (s.free[i]) s.F[n++] = static_cast<int>(i);
+  cholesky_on_subset(s.M, s.K, s.F, n, s.floor, s.L);
+  for (int64_t a = 0; a < n; ++a) s.x1[a] = -s.q[s.F[a]];
+  cholesky_solve(s.L, n, s.x1);
+  scalar_t lam = scalar_t(0);
+  if (s.simplex) {
+    scalar_t s1 = scalar_t(0), s2 = scalar_t(0);
+    for (int64_t a = 0; a < n; ++a) s.x2[a] = scalar_t(1);
+    cholesky_solve(s.L, n, s.x2);
+    for (int64_t a = 0; a < n; ++a) {
+      s1 += s.x1[a];
+      s2 += s.x2[a];
+    }
+    lam = (scalar_t(1) - s1) / max_of(s2, scalar_t(kTiny));
+  }
+  for (int64_t i = 0; i < s.K; ++i) y[i] = scalar_t(0);
+  for (int64_t a = 0; a < n; ++a) y[s.F[a]] = s.simplex ? s.x1[a] + lam * s.x2[a] : s.x1[a];
+  return lam;
+}
+
+// Marks in s.flip every KKT condition z violates (z_i < 0 on the free set, a negative multiplier outside it);
+// returns their number and sets `last` to the largest such index. Each check gets its own scale, as in the torch
+// path: z may reach 1 / regularisation while M z stays O(1).
+template <typename scalar_t>
+MTL_HD int64_t mark_kkt_violations(const QpState<scalar_t>& s, const scalar_t* z, scalar_t lam, scalar_t tol,
+                                   int64_t& last) {
+  scalar_t z_scale = scalar_t(0), Mz_scale = scalar_t(0);
+  for (int64_t i = 0; i < s.K; ++i) z_scale = max_of(z_scale, std::fabs(z[i]));
+  for (int64_t j = 0; j < s.K; ++j) {
+    scalar_t sum = scalar_t(0);
+    for (int64_t i = 0; i < s.K; ++i)
+      if (s.free[i]) sum += z[i] * s.M[i * s.K + j];  // z is 0 off the free set
+    s.Mz[j] = sum;
+    Mz_scale = max_of(Mz_scale, std::fabs(sum));
+  }
+  const scalar_t z_bound = -tol * z_scale;
+  const scalar_t m_bound = -tol * (s.q_scale + Mz_scale + scalar_t(1e-7) * scalar_t(s.K) * z_scale);
+  int64_t count = 0;
+  last = -1;
+  for (int64_t i = 0; i < s.K; ++i) {
+    s.flip[i] = s.free[i] ? z[i] < z_bound : s.Mz[i] + s.q[i] - lam < m_bound;
+    if (s.flip[i]) {
+      ++count;
+      last = i;
+    }
+  }
+  return count;
+}
+
+// Block principal pivoting, step for step the torch path's; returns whether it settled (z then satisfies the
+// KKT conditions) within max_iter steps.
+template <typename scalar_t>
+MTL_HD bool block_pivoting(const QpState<scalar_t>& s, scalar_t tol, int64_t max_iter, scalar_t* z) {
+  for (int64_t i = 0; i < s.K; ++i) s.free[i] = s.simplex;  // the simplex needs a free coordinate
+  const int64_t patience_reset = s.K / 2 + 3;
+  int64_t best = s.K + 1, patience = patience_reset;
+  for (int64_t iteration = 0; iteration < max_iter; ++iteration) {
+    const scalar_t lam = solve_on_free_set(s, z);
+    int64_t last;
+    const int64_t count = mark_kkt_violations(s, z, lam, tol, last);
+    if (count == 0) return true;
+    const bool improved = count < best;
+    const bool block = improved || patience > 0;
+    patience = improved ? patience_reset : patience - 1;
+    best = count < best ? count : best;
+    int64_t still_free = 0;
+    for (int64_t i = 0; i < s.K; ++i) {
+      s.flip[i] = block ? s.flip[i] : i == last;
+      still_free += s.free[i] != s.flip[i];
+    }
+    if (s.simplex && still_free == 0) continue;  // an empty guess keeps the previous one instead
+    for (int64_t i = 0; i < s.K; ++i) s.free[i] ^= s.flip[i];
+  }
+  return false;
+}
+
+// The fallback when block pivoting did not settle: a primal active-set method (Nocedal & Wright, Algorithm 16.3,
+// for bounds), which keeps z feasible and lowers the objective at every step, so it cannot cycle. From a
+// feasible start (0, or the simplex vertex with the lowest objective) it frees the coordinate with the most
+// negative multiplier, moves towards the minimiser on the free set and, where a coordinate would turn negative,
+// stops on the boundary and fixes it at 0. Slower than block pivoting (one coordinate per step), but it
+// finishes. y: K scalars of scratch.
+template <typename scalar_t>
+MTL_HD void active_set(const QpState<scalar_t>& s, scalar_t tol, int64_t max_iter, scalar_t* z, scalar_t* y) {
+  int64_t start = 0;
+  for (int64_t i = 0; i < s.K; ++i) {
+    const scalar_t value = scalar_t(0.5) * s.M[i * s.K + i] + s.q[i];
+    if (value < scalar_t(0.5) * s.M[start * s.K + start] + s.q[start]) start = i;
+  }
+  for (int64_t i = 0; i < s.K; ++i) {
+    s.free[i] = s.simplex && i == start;
+    z[i] = s.free[i] ? scalar_t(1) : scalar_t(0);
+  }
+  scalar_t lam = s.simplex ? solve_on_free_set(s, y) : scalar_t(0);
+  bool at_minimiser = true;  // z minimises over its free set: time to free another coordinate
+  for (int64_t step = 0; step < max_iter; ++step) {
+    if (at_minimiser) {
+      int64_t last;
+      if (mark_kkt_violations(s, z, lam, tol, last) == 0) return;
+      int64_t enter = -1;
+      for (int64_t i = 0; i < s.K; ++i)
+        if (s.flip[i] && !s.free[i] && (enter < 0 || s.Mz[i] + s.q[i] < s.Mz[enter] + s.q[enter])) enter = i;
+      if (enter < 0) return;  // only rounding-level negatives on the free set: z is already clamped below
+      s.free[enter] = 1;
+    }
+    lam = solve_on_free_set(s, y);
+    scalar_t alpha = scalar_t(1);
+    int64_t blocking = -1;
+    for (int64_t i = 0; i < s.K; ++i)
+      if (s.free[i] && y[i] < scalar_t(0) && z[i] - y[i] > scalar_t(0) && z[i] / (z[i] - y[i]) < alpha) {
+        alpha = z[i] / (z[i] - y[i]);
+        blocking = i;
+      }
+    for (int64_t i = 0; i < s.K; ++i) z[i] += alpha * (y[i] - z[i]);
+    at_minimiser = blocking < 0;
+    if (!at_minimiser) {
+      s.free[blocking] = 0;
+      z[blocking] = scalar_t(0);
+    }
+  }
+}
+
+// Solves one problem. M: K x K row-major, q: K values, z: out (K values, >= 0, summing to 1 for the simplex
+// form). work / iwork: nonneg_qp_workspace(K) scalars and nonneg_qp_index_workspace(K) ints. Block pivoting
+// first (the torch path's steps, at most max_iter); if it has not settled (seen with random q and a nearly
+// singular M beyond K ~ 30, never on the aggregators' problems), at most max_iter active-set steps.
+template <typename scalar_t>
+MTL_HD void nonneg_qp_solve(const scalar_t* M, const scalar_t* q, int64_t K, bool simplex, scalar_t tol,
+                            int64_t max_iter, scalar_t* z, scalar_t* work, int* iwork) {
+  QpState<scalar_t> s{M, q, K, simplex, scalar_t(0), scalar_t(0), work, work + K * K, work + K * K + K,
+                      work + K * K + 2 * K, iwork, iwork + K, iwork + 2 * K};
+  scalar_t diag_max = scalar_t(0);
+  for (int64_t i = 0; i < K; ++i) {
+    diag_max = max_of(diag_max, M[i * K + i]);
+    s.q_scale = max_of(s.q_scale, std::fabs(q[i]));
+    z[i] = scalar_t(0);
+  }
+  s.floor = scalar_t(kPivotFloor) * (diag_max > scalar_t(0) ? diag_max : scalar_t(1));
+  if (!block_pivoting(s, tol, max_iter, z)) active_set(s, tol, max_iter, z, work + K * K + 3 * K);
+  scalar_t total = scalar_t(0);
+  for (int64_t i = 0; i < K; ++i) {
+    z[i] = max_of(z[i], scalar_t(0));
+    total += z[i];
+  }
+  if (simplex)
+    for (int64_t i = 0; i < K; ++i) z[i] /= total;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// weights(G) of the QP-based aggregators (mtl_fast.aggregators), on M = G / trace(G) + regularization * I:
+//   kMinNorm  (MGDA)      one problem, q = -1, w = z / sum(z)
+//   kDualProj (DualProj)  one problem, q = M u, w = u + z
+//   kUpGrad   (UPGrad)    K problems, q_b = M e_b, w = u + sum_b u_b z_b
+// u is the preference vector (nullptr: the mean, 1/K each).
+// ---------------------------------------------------------------------------------------------------------------
+enum class QpMethod : int { kMinNorm = 0, kDualProj = 1, kUpGrad = 2 };
+
+MTL_HD inline int64_t qp_problem_count(QpMethod method, int64_t K) { return method == QpMethod::kUpGrad ? K : 1; }
+
+template <typename scalar_t>
+MTL_HD scalar_t qp_preference(const scalar_t* pref, int64_t K, int64_t i) {
+  return pref != nullptr ? pref[i] : scalar_t(1) / scalar_t(K);
+}
+
+// trace(G) when it is positive, else 0, which normalized_gram_entry reads as "drop G": an all-zero G gives
+// M = regularization * I.
+template <typename scalar_t>
+MTL_HD scalar_t gram_scale(const scalar_t* G, int64_t K) {
+  scalar_t trace = scalar_t(0);
+  for (int64_t i = 0; i < K; ++i) trace += G[i * K + i];
+  return trace > scalar_t(0) ? trace : scalar_t(0);
+}
+
+// Entry (i, j) of M given gram_scale's value: the QPs' solutions do not depend on G's scale, so 1e-30- and
+// 1e30-sized gradients give the same well-scaled problem.
+template <typename scalar_t>
+MTL_HD scalar_t normalized_gram_entry(const scalar_t* G, int64_t K, scalar_t trace, scalar_t regularization,
+                                      int64_t i, int64_t j) {
+  const scalar_t scaled = trace > scalar_t(0) ? G[i * K + j] / trace : scalar_t(0);
+  return i == j ? scaled + regularization : scaled;
+}
+
+// q of problem b (K values).
+template <typename scalar_t>
+MTL_HD void qp_linear_term(QpMethod method, const scalar_t* M, const scalar_t* pref, int64_t K, int64_t b,
+                           scalar_t* q) {
+  for (int64_t i = 0; i < K; ++i) {
+    if (method == QpMethod::kMinNorm) {
+      q[i] = scalar_t(-1);
+    } else if (method == QpMethod::kUpGrad) {
+      q[i] = M[b * K + i];
+    } else {
+      scalar_t s = scalar_t(0);
+      for (int64_t j = 0; j < K; ++j) s += M[i * K + j] * qp_preference(pref, K, j);
+      q[i] = s;
+    }
+  }
+}
+
+// Weight j from the problems' solutions Z (qp_problem_count x K, row-major).
+template <typename scalar_t>
+MTL_HD scalar_t qp_weight(QpMethod method, const scalar_t* Z, const scalar_t* pref, int64_t K, int64_t j) {
+  if (method == QpMethod::kMinNorm) {
+    scalar_t total = scalar_t(0);
+    for (int64_t i = 0; i < K; ++i) total += Z[i];
+    return Z[j] / total;
+  }
+  if (method == QpMethod::kDualProj) return qp_preference(pref, K, j) + Z[j];
+  scalar_t s = qp_preference(pref, K, j);
+  for (int64_t b = 0; b < K; ++b) s += qp_preference(pref, K, b) * Z[b * K + j];
+  return s;
+}
+
+}  // namespace mtl_fast
