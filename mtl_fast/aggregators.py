@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import Tensor
 
-from . import _ops
+from . import _ops, _qp
 from ._checks import as_float_tensor, check_gram
 
 __all__ = ["Aggregator", "GramAggregator", "Sum", "Mean", "Weighted", "PCGrad", "draw_pcgrad_orders",
@@ -194,6 +194,18 @@ def _masked_solve(M: Tensor, free: Tensor, rhs: Tensor) -> Tensor:
     return torch.linalg.solve_ex(system, rhs * f[:, :, None])[0]
 
 
+def _default_max_iter(K: int) -> int:
+    return 3 * K + 10
+
+
+def _compiled_qp_weights(G: Tensor, method: str, pref: Optional[Tensor] = None) -> Optional[Tensor]:
+    """weights(G) of 'mgda', 'dualproj' or 'upgrad' in one compiled op (the same QPs as the torch path below, on
+    :func:`_normalized_gram`), or None where G's device has no such kernel."""
+    if not _qp.has_kernel(G.device.type):
+        return None
+    return _qp.qp_weights(G, pref, method, QP_REGULARIZATION, QP_TOLERANCE, _default_max_iter(G.shape[0]))
+
+
 def solve_nonnegative_qp(M: Tensor, q: Tensor, *, simplex: bool = False, tol: float = QP_TOLERANCE,
                          max_iter: Optional[int] = None) -> Tensor:
     """Batched  min_z 1/2 z^T M z + q_b^T z  s.t. z >= 0 (and sum(z) = 1 when ``simplex``), for M positive definite.
@@ -204,6 +216,8 @@ def solve_nonnegative_qp(M: Tensor, q: Tensor, *, simplex: bool = False, tol: fl
     decreasing for K/2 + 3 steps (Kim & Park use 3, too few for singular G at K = 64) it falls back to swapping one
     index (Murty's rule), which guarantees termination.
     The answer is exact up to the linear solves once no KKT condition is violated by more than ``tol`` (relative).
+    Where the compiled op exists for M's device (csrc/kernels/nonneg_qp.h: the same steps, with a Cholesky of the
+    free block instead of a batched LU) it runs instead of the torch ops below, in float64.
 
     Args:
         M: (K, K) symmetric positive definite.
@@ -215,7 +229,9 @@ def solve_nonnegative_qp(M: Tensor, q: Tensor, *, simplex: bool = False, tol: fl
         (B, K) solutions, z >= 0 exactly (and summing to 1 for ``simplex``).
     """
     B, K = q.shape
-    max_iter = 3 * K + 10 if max_iter is None else max_iter
+    max_iter = _default_max_iter(K) if max_iter is None else max_iter
+    if _qp.has_kernel(M.device.type):
+        return _qp.nonneg_qp(M, q, simplex, tol, max_iter)
     ones = torch.ones(B, K, 1, dtype=M.dtype, device=M.device)
     free = torch.full((B, K), simplex, dtype=torch.bool, device=M.device)
     best = torch.full((B,), K + 1, dtype=torch.int64, device=M.device)
@@ -274,6 +290,10 @@ class _WithPreference(GramAggregator):
             raise ValueError(f"pref_vector: has {self.pref_vector.numel()} entries but there are {K} tasks")
         return self.pref_vector.to(device)
 
+    def _preference_or_mean(self, K: int, device: torch.device) -> Optional[Tensor]:
+        """preference(K, device), or None for the default mean (the compiled op fills it in itself)."""
+        return None if self.pref_vector is None else self.preference(K, device)
+
     def __repr__(self) -> str:
         pref = None if self.pref_vector is None else self.pref_vector.tolist()
         return f"{type(self).__name__}(pref_vector={pref})"
@@ -314,6 +334,9 @@ class MGDA(GramAggregator):
             first = torch.where(gap > 0, (G[1, 1] - G[0, 1]) / torch.where(gap > 0, gap, torch.ones_like(gap)),
                                 torch.full_like(gap, 0.5)).clamp(0.0, 1.0)
             return torch.stack([first, 1.0 - first])
+        compiled = _compiled_qp_weights(G, "mgda")
+        if compiled is not None:
+            return compiled
         M = _normalized_gram(G)
         # For positive definite M, the minimiser z of 1/2 z^T M z - sum(z) over z >= 0, normalised, is the simplex
         # minimiser (the KKT conditions map onto each other with lambda = 1 / sum(z)); this form pivots faster.
@@ -339,6 +362,9 @@ class DualProj(_WithPreference):
 
     def weights(self, G: Tensor) -> Tensor:
         K = check_gram(G)
+        compiled = _compiled_qp_weights(G, "dualproj", self._preference_or_mean(K, G.device))
+        if compiled is not None:
+            return compiled
         M = _normalized_gram(G)
         u = self.preference(K, M.device)
         return u + solve_nonnegative_qp(M, (M @ u)[None])[0]
@@ -361,6 +387,9 @@ class UPGrad(_WithPreference):
 
     def weights(self, G: Tensor) -> Tensor:
         K = check_gram(G)
+        compiled = _compiled_qp_weights(G, "upgrad", self._preference_or_mean(K, G.device))
+        if compiled is not None:
+            return compiled
         M = _normalized_gram(G)
         u = self.preference(K, M.device)
         # Row i solves for e_i; the solution scales with u_i, so the rows are weighted after solving.

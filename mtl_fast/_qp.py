@@ -1,0 +1,59 @@
+"""The compiled nonnegative-QP ops (csrc/kernels/nonneg_qp.h) from Python: fake kernels and dispatchers.
+
+``nonneg_qp`` is the batched solver behind :func:`mtl_fast.aggregators.solve_nonnegative_qp`; ``qp_weights`` is
+the whole ``weights(G)`` of MGDA, DualProj and UPGrad in one op (normalisation, QPs and final weights), because at
+K = 16 every extra torch op around the solve would cost more than the solve itself. Callers check
+:func:`has_kernel` and otherwise take the torch-ops solver; arguments arrive validated.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import _ops
+
+
+def _op_devices() -> frozenset:
+    # An extension built before these ops existed has the other kernels but not these: it must not be used here.
+    if not _ops.has_kernel("cpu") or not hasattr(torch.ops.mtl_fast, "nonneg_qp"):
+        return frozenset()
+    return frozenset(device for device, key in (("cpu", "CPU"), ("cuda", "CUDA"))
+                     if _ops.has_kernel(device)
+                     and torch._C._dispatch_has_kernel_for_dispatch_key("mtl_fast::nonneg_qp", key))
+
+
+_DEVICES = _op_devices()
+
+
+def has_kernel(device_type: str) -> bool:
+    """True when the compiled QP ops have kernels for this device type ('cpu', 'cuda')."""
+    return device_type in _DEVICES
+
+
+if _DEVICES:
+
+    @torch.library.register_fake("mtl_fast::nonneg_qp")
+    def _nonneg_qp_fake(M: Tensor, q: Tensor, simplex: bool, tol: float, max_iter: int) -> Tensor:
+        return q.new_empty(q.shape)
+
+    @torch.library.register_fake("mtl_fast::qp_weights")
+    def _qp_weights_fake(gram: Tensor, pref: Optional[Tensor], method: str, regularization: float, tol: float,
+                         max_iter: int) -> Tensor:
+        return gram.new_empty((gram.shape[0],), dtype=torch.float64)
+
+    # The overloads themselves: resolving torch.ops.mtl_fast.<name> on every call costs about a microsecond.
+    _NONNEG_QP = torch.ops.mtl_fast.nonneg_qp.default
+    _QP_WEIGHTS = torch.ops.mtl_fast.qp_weights.default
+
+
+def nonneg_qp(M: Tensor, q: Tensor, simplex: bool, tol: float, max_iter: int) -> Tensor:
+    """The (B, K) solutions of min_z 1/2 z^T M z + q_b^T z, z >= 0 (sum(z) = 1 when ``simplex``), in q's dtype."""
+    return _NONNEG_QP(M, q, simplex, tol, max_iter)
+
+
+def qp_weights(G: Tensor, pref: Optional[Tensor], method: str, regularization: float, tol: float,
+               max_iter: int) -> Tensor:
+    """The (K,) float64 weights of ``method`` ('mgda', 'dualproj', 'upgrad') on G / trace(G) + regularization I."""
+    return _QP_WEIGHTS(G, pref, method, regularization, tol, max_iter)

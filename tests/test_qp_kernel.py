@@ -1,0 +1,202 @@
+"""The compiled nonnegative-QP ops (csrc/kernels/nonneg_qp.h) against the torch-ops solver and the reference."""
+import pytest
+import torch
+
+import mtl_fast as mf
+from mtl_fast import _qp
+from mtl_fast import reference as ref
+from mtl_fast.aggregators import QP_REGULARIZATION, QP_TOLERANCE, _normalized_gram, solve_nonnegative_qp
+
+needs_kernel = pytest.mark.skipif(not _qp.has_kernel("cpu"), reason="compiled QP ops not built")
+QP_METHODS = {"mgda": mf.MGDA, "dualproj": mf.DualProj, "upgrad": mf.UPGrad}
+
+
+def gram(K, rank=None, seed=0, scale=1.0):
+    """A Gram matrix with a conflict between tasks 0 and 1, of rank min(K, rank)."""
+    J = torch.randn(K, rank or 3 * K, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    if K > 1:
+        J[1] = -J[0] + 0.3 * J[1]
+    J = J * scale
+    return J @ J.T
+
+
+@pytest.fixture
+def torch_path(monkeypatch):
+    """Runs its body on the torch-ops solver, as on a device without the compiled ops."""
+    def run(fn, *args, **kwargs):
+        with monkeypatch.context() as m:
+            m.setattr(_qp, "_DEVICES", frozenset())
+            return fn(*args, **kwargs)
+    return run
+
+
+def kkt_violation(M, q, z, simplex=False):
+    """Largest relative violation of the KKT conditions of min 1/2 z^T M z + q^T z, z >= 0 (sum(z) = 1)."""
+    grad = z @ M + q
+    if simplex:  # the equality's multiplier is the gradient on the support
+        grad = grad - (grad * (z > 0)).sum(1, keepdim=True) / (z > 0).sum(1, keepdim=True)
+    scale = q.abs().amax(1) + (z @ M).abs().amax(1) + 1e-300
+    dual = (-grad).clamp_min(0).amax(1) / scale
+    complementarity = (grad * z).abs().amax(1) / (scale * (1 + z.abs().amax(1)))
+    return torch.maximum(dual, complementarity).max().item()
+
+
+@needs_kernel
+def test_opcheck():
+    M = _normalized_gram(gram(5))
+    q = torch.randn(3, 5, dtype=torch.float64)
+    for simplex in (False, True):
+        torch.library.opcheck(torch.ops.mtl_fast.nonneg_qp.default, (M, q, simplex, QP_TOLERANCE, 25))
+    G = gram(5)
+    for method in QP_METHODS:
+        for pref in (None, torch.rand(5, dtype=torch.float64)):
+            torch.library.opcheck(torch.ops.mtl_fast.qp_weights.default,
+                                  (G, pref, method, QP_REGULARIZATION, QP_TOLERANCE, 25))
+
+
+def random_problems(K, rank, seed):
+    """K random linear terms on the regularised M of a Gram matrix of rank min(K, rank)."""
+    M = _normalized_gram(gram(K, rank, seed))
+    return M, torch.randn(K, K, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+
+
+@needs_kernel
+@pytest.mark.parametrize("K", [1, 2, 3, 8, 16, 33, 64])
+@pytest.mark.parametrize("simplex", [False, True])
+def test_solver_matches_torch_path(K, simplex, torch_path):
+    for seed, rank in ((0, None), (1, max(1, K // 2))):  # full rank and singular G
+        M, q = random_problems(K, rank, seed)
+        z = solve_nonnegative_qp(M, q, simplex=simplex)
+        expected = torch_path(solve_nonnegative_qp, M, q, simplex=simplex)
+        assert z.shape == (K, K) and z.dtype == torch.float64 and z.min() >= 0
+        assert kkt_violation(M, q, z, simplex) < 1e-7
+        if simplex:
+            assert torch.allclose(z.sum(1), torch.ones(K, dtype=torch.float64))
+        # the same steps as the torch path wherever that one settled within its iteration cap
+        settled = [kkt_violation(M, q[b:b + 1], expected[b:b + 1], simplex) < 1e-7 for b in range(K)]
+        assert torch.allclose(z[settled], expected[settled], rtol=1e-7, atol=1e-9 * expected.abs().max())
+
+
+@needs_kernel
+def test_active_set_fallback_settles_where_block_pivoting_does_not(torch_path):
+    # random q on a rank-32 M at K = 64: block pivoting (either path) leaves rows unsettled after 3K + 10 steps
+    M, q = random_problems(64, 32, 1)
+    expected = torch_path(solve_nonnegative_qp, M, q)
+    assert kkt_violation(M, q, expected) > 1e-3
+    assert kkt_violation(M, q, solve_nonnegative_qp(M, q)) < 1e-9
+
+
+@needs_kernel
+@pytest.mark.parametrize("method", list(QP_METHODS))
+@pytest.mark.parametrize("K", [1, 3, 4, 16, 64])
+def test_weights_match_torch_path(method, K, torch_path):
+    for seed, rank, scale in ((0, None, 1.0), (1, max(1, K // 3), 1e-30), (2, None, 1e30), (3, 2, 1.0)):
+        G = gram(K, rank, seed, scale)
+        agg = QP_METHODS[method]()
+        w = agg.weights(G)
+        expected = torch_path(agg.weights, G)
+        assert w.shape == (K,) and w.dtype == torch.float64
+        assert torch.allclose(w, expected, rtol=1e-7, atol=1e-10), (seed, rank, scale)
+        if method != "mgda":  # with a preference vector too
+            pref = torch.rand(K, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)).tolist()
+            agg = QP_METHODS[method](pref_vector=pref)
+            assert torch.allclose(agg.weights(G), torch_path(agg.weights, G), rtol=1e-7, atol=1e-10)
+
+
+@needs_kernel
+@pytest.mark.parametrize("K", [3, 6])
+def test_weights_match_reference(K):
+    G = gram(K, seed=K)
+    u = torch.full((K,), 1.0 / K, dtype=torch.float64)
+    # the QPs are regularised by 1e-6 I relative to trace(G): ~1e-6 agreement with the unregularised oracle
+    for w, expected in ((mf.MGDA().weights(G), ref.mgda(G)), (mf.DualProj().weights(G), ref.dualproj(G, u)),
+                        (mf.UPGrad().weights(G), ref.upgrad(G, u))):
+        assert (w - expected).norm() <= 1e-4 * (1 + expected.norm())
+
+
+@needs_kernel
+@pytest.mark.parametrize("method", list(QP_METHODS))
+def test_degenerate_grams(method, torch_path):
+    base = gram(4, rank=2, seed=5)
+    cases = {"zero": torch.zeros(4, 4, dtype=torch.float64), "singular": base, "identical": torch.ones(4, 4),
+             "tiny": 1e-30 * base, "huge": 1e30 * base, "float32": base.float()}
+    for case, G in cases.items():
+        agg = QP_METHODS[method]()
+        w = agg.weights(G)
+        assert torch.isfinite(w).all(), case
+        assert torch.allclose(w, torch_path(agg.weights, G), rtol=1e-7, atol=1e-10), case
+        # conflicts with no task, up to the regularisation
+        assert (G.double() @ w).min() >= -1e-6 * G.double().trace() * (1 + w.abs().max()), case
+    assert torch.equal(QP_METHODS[method]().weights(torch.ones(1, 1, dtype=torch.float64)),
+                       torch.ones(1, dtype=torch.float64))
+
+
+@needs_kernel
+def test_solver_degenerate_problems():
+    # K = 1 and an all-zero q: nothing to do
+    assert torch.equal(solve_nonnegative_qp(torch.eye(1, dtype=torch.float64), -torch.ones(1, 1).double()),
+                       torch.ones(1, 1, dtype=torch.float64))
+    assert torch.equal(solve_nonnegative_qp(torch.eye(3).double(), torch.zeros(2, 3).double()),
+                       torch.zeros(2, 3, dtype=torch.float64))
+    # an unregularised singular or zero M is outside the contract, but still gives finite answers
+    singular = gram(5, rank=2)
+    for M in (singular, torch.zeros(5, 5, dtype=torch.float64)):
+        for simplex in (False, True):
+            z = solve_nonnegative_qp(M, torch.randn(4, 5, dtype=torch.float64), simplex=simplex)
+            assert torch.isfinite(z).all() and z.min() >= 0
+    # the zero M on the simplex with q = 0: every point is optimal, the pivots' floor gives the uniform one
+    z = solve_nonnegative_qp(torch.zeros(4, 4, dtype=torch.float64), torch.zeros(1, 4).double(), simplex=True)
+    assert torch.allclose(z, torch.full((1, 4), 0.25, dtype=torch.float64))
+    # an empty batch
+    assert solve_nonnegative_qp(torch.eye(3).double(), torch.zeros(0, 3).double()).shape == (0, 3)
+
+
+@needs_kernel
+def test_max_iter_and_dtype():
+    M = _normalized_gram(gram(8))
+    q = torch.randn(2, 8, dtype=torch.float64)
+    assert torch.equal(solve_nonnegative_qp(M, q, max_iter=0), torch.zeros(2, 8, dtype=torch.float64))
+    z32 = solve_nonnegative_qp(M.float(), q.float())
+    assert z32.dtype == torch.float32 and torch.allclose(z32.double(), solve_nonnegative_qp(M, q), rtol=1e-5)
+
+
+@needs_kernel
+def test_bad_arguments():
+    M, q = torch.eye(3, dtype=torch.float64), torch.zeros(1, 3, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="M: expected a square"):
+        torch.ops.mtl_fast.nonneg_qp(torch.zeros(2, 3), q, False, 1e-9, 5)
+    with pytest.raises(RuntimeError, match=r"q: expected shape \(B, 3\)"):
+        torch.ops.mtl_fast.nonneg_qp(M, torch.zeros(1, 4), False, 1e-9, 5)
+    with pytest.raises(RuntimeError, match="max_iter"):
+        torch.ops.mtl_fast.nonneg_qp(M, q, False, 1e-9, -1)
+    with pytest.raises(RuntimeError, match="method: expected"):
+        torch.ops.mtl_fast.qp_weights(M, None, "pcgrad", 1e-6, 1e-9, 5)
+    with pytest.raises(RuntimeError, match=r"pref: expected shape \(3\)"):
+        torch.ops.mtl_fast.qp_weights(M, torch.ones(2), "upgrad", 1e-6, 1e-9, 5)
+    with pytest.raises(ValueError, match="pref_vector: has 2 entries"):
+        mf.UPGrad(pref_vector=[1.0, 2.0]).weights(M)
+
+
+# --- CUDA: the same source on the device --------------------------------------------------------------------------
+
+@pytest.mark.cuda
+def test_cuda_matches_cpu():
+    assert _qp.has_kernel("cuda"), "CUDA build without the QP kernels"
+    for K in (1, 3, 16, 64):
+        M = _normalized_gram(gram(K, rank=max(1, K // 2)))
+        q = torch.randn(K, K, dtype=torch.float64)
+        for simplex in (False, True):
+            assert torch.allclose(solve_nonnegative_qp(M.cuda(), q.cuda(), simplex=simplex).cpu(),
+                                  solve_nonnegative_qp(M, q, simplex=simplex), rtol=1e-9, atol=1e-12)
+        G = gram(K, seed=K)
+        for make in QP_METHODS.values():
+            assert torch.allclose(make().weights(G.cuda()).cpu(), make().weights(G), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.cuda
+def test_cuda_opcheck():
+    M, q, G = _normalized_gram(gram(5)).cuda(), torch.randn(3, 5, dtype=torch.float64).cuda(), gram(5).cuda()
+    torch.library.opcheck(torch.ops.mtl_fast.nonneg_qp.default, (M, q, True, QP_TOLERANCE, 25))
+    for method in QP_METHODS:
+        torch.library.opcheck(torch.ops.mtl_fast.qp_weights.default,
+                              (G, None, method, QP_REGULARIZATION, QP_TOLERANCE, 25))
