@@ -5,10 +5,13 @@
 Medians of N timed calls, measured side by side in one run (the machine may be shared). The peers solve exactly
 the same problems on the same trace-normalised, 1e-6-regularised G: DualProj one QP, UPGrad K QPs (one per task),
 MGDA the simplex QP; quadprog through its raw ``solve_qp`` (no qpsolvers wrapper), scipy through SLSQP.
+mtl_fast's QP-based methods run on the compiled QP op where it is built (mtl_fast._qp); at K = 16 they are also
+timed on the torch-ops solver, the path taken without it.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -16,6 +19,7 @@ import numpy as np
 import torch
 
 import mtl_fast as mf
+from mtl_fast import _qp
 from mtl_fast.aggregators import _normalized_gram
 
 
@@ -27,6 +31,17 @@ def median_us(fn, repeat: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1e6
+
+
+@contextlib.contextmanager
+def torch_qp_path():
+    """The QP-based aggregators on the torch-ops solver, as where the compiled QP op is not built."""
+    devices = _qp._DEVICES
+    _qp._DEVICES = frozenset()
+    try:
+        yield
+    finally:
+        _qp._DEVICES = devices
 
 
 def gram(K: int, seed: int = 0) -> torch.Tensor:
@@ -74,7 +89,8 @@ def main() -> None:
     methods = {"MGDA": mf.MGDA, "DualProj": mf.DualProj, "UPGrad": mf.UPGrad, "CAGrad": mf.CAGrad,
                "IMTLG": mf.IMTLG, "GradVac": mf.GradVac, "AlignedMTL": mf.AlignedMTL, "NashMTL": mf.NashMTL}
     Ks = [2, 4, 8, 16, 32, 64]
-    print("weights(G) median, microseconds (CPU, float64, 1 thread)")
+    path = "compiled op" if _qp.has_kernel("cpu") else "torch ops (compiled op not built)"
+    print(f"weights(G) median, microseconds (CPU, float64, 1 thread); QP solver: {path}")
     print(f"{'method':<11}" + "".join(f"{'K=' + str(K):>10}" for K in Ks))
     for name, make in methods.items():
         row = []
@@ -85,14 +101,17 @@ def main() -> None:
         print(f"{name:<11}" + "".join(f"{t:>10.0f}" for t in row))
     K = 16
     G = gram(K)
-    print(f"\nQP-based methods at K = {K}: mtl_fast vs quadprog (raw solve_qp) vs scipy SLSQP, median microseconds")
+    print(f"\nQP-based methods at K = {K}, median microseconds: mtl_fast ({path}; the torch-ops solver beside it) "
+          "vs quadprog (raw solve_qp) vs scipy SLSQP; ratios are peer / mtl_fast")
     for name, (quadprog_fn, scipy_fn) in peers(G).items():
         agg = methods[name]()
         ours = median_us(lambda: agg.weights(G), args.repeat)
+        with torch_qp_path():
+            torch_ops = median_us(lambda: agg.weights(G), args.repeat)
         qp = median_us(quadprog_fn, args.repeat)
         sp = median_us(scipy_fn, max(5, args.repeat // 5))
-        print(f"{name:<9} mtl_fast {ours:8.0f}  quadprog {qp:8.0f} ({qp / ours:5.2f}x)  scipy {sp:9.0f} "
-              f"({sp / ours:6.1f}x)")
+        print(f"{name:<9} mtl_fast {ours:7.1f}  torch-ops {torch_ops:7.0f} ({torch_ops / ours:5.1f}x)  "
+              f"quadprog {qp:7.1f} ({qp / ours:5.2f}x)  scipy {sp:8.0f} ({sp / ours:6.1f}x)")
 
 
 if __name__ == "__main__":
