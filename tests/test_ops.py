@@ -27,6 +27,10 @@ SCALES = {torch.float32: [1e-30, 1.0, 1e30], torch.float64: [1e-30, 1.0, 1e30], 
 TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 1e-2}
 
 
+# float32 tiles in a safe range are multiplied and summed in float32 before the float64 total.
+GRAM_RTOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.float16: 1e-12, torch.bfloat16: 1e-12}
+
+
 def _close_gram(G, G_ref, rtol):
     # Entry (a, b) is compared relative to |g_a| |g_b|, the scale of the dot product itself.
     d = G_ref.diagonal().clamp_min(0).sqrt()
@@ -41,7 +45,7 @@ def test_gram_matches_reference_over_shapes(K, shapes):
     chunks = random_chunks(K, SHAPES[shapes])
     G = mf.gram(chunks)
     assert G.dtype == torch.float64 and G.shape == (K, K)
-    _close_gram(G, reference.gram(chunks), 1e-12)
+    _close_gram(G, reference.gram(chunks), GRAM_RTOL[torch.float32])
     assert torch.equal(G, G.T)
 
 
@@ -50,7 +54,7 @@ def test_gram_and_combine_over_dtypes_and_scales(dtype):
     K = 6
     for scale in SCALES[dtype]:
         chunks = random_chunks(K, SHAPES["many_odd_chunks"], dtype=dtype, scale=scale)
-        _close_gram(mf.gram(chunks), reference.gram(chunks), 1e-12)
+        _close_gram(mf.gram(chunks), reference.gram(chunks), GRAM_RTOL[dtype])
         w = torch.linspace(-2, 3, K, dtype=torch.float64)
         for out, ref, chunk in zip(mf.combine(chunks, w), reference.combine(chunks, w), chunks):
             assert out.dtype == dtype and out.shape == chunk.shape[1:]
@@ -59,9 +63,24 @@ def test_gram_and_combine_over_dtypes_and_scales(dtype):
             torch.testing.assert_close(out.double() / scale, ref.double() / scale, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("extreme", [1e-30, 1e30, 0.0, float("inf")])
+def test_gram_tiles_out_of_float32_range_are_exact(extreme):
+    # Only some tiles hold an extreme value: those fall back to float64, the others stay on float32.
+    J = torch.randn(5, 20_000, dtype=torch.float64)
+    J[2, 9_000:9_100] = extreme
+    G = mf.gram(J.float())
+    G_ref = reference.gram([J.float()])
+    if extreme == float("inf"):
+        assert torch.equal(torch.isinf(G), torch.isinf(G_ref))
+        return
+    _close_gram(G, G_ref, GRAM_RTOL[torch.float32])
+    tiny = (J[:, :3000] * 1e-30).float()  # products that vanish in float32 must count in float64
+    _close_gram(mf.gram(tiny), reference.gram([tiny]), 1e-12)
+
+
 def test_gram_of_millions_of_elements():
     J = torch.randn(4, 3_000_001)
-    _close_gram(mf.gram(J), reference.gram([J]), 1e-10)
+    _close_gram(mf.gram(J), reference.gram([J]), GRAM_RTOL[torch.float32])
 
 
 def test_gram_is_bitwise_deterministic_across_thread_counts():
@@ -82,7 +101,7 @@ def test_noncontiguous_chunks():
     base = torch.randn(300, 5)
     chunks = [base.T, torch.randn(5, 40, 6)[:, ::3, :]]
     assert not chunks[0].is_contiguous() and not chunks[1].is_contiguous()
-    _close_gram(mf.gram(chunks), reference.gram(chunks), 1e-12)
+    _close_gram(mf.gram(chunks), reference.gram(chunks), GRAM_RTOL[torch.float32])
     w = torch.rand(5, dtype=torch.float64)
     for out, ref in zip(mf.combine(chunks, w), reference.combine(chunks, w)):
         torch.testing.assert_close(out, ref)

@@ -27,6 +27,13 @@ inline std::vector<ColumnRange> split_columns(const std::vector<at::Tensor>& chu
   return ranges;
 }
 
+// Ranges per parallel task so that each thread gets at least ~2M elements: below that the work is shorter than
+// what a parallel region costs, and far shorter than the stall when a busy machine deschedules one thread.
+inline int64_t parallel_grain(int64_t K, int64_t max_cols) {
+  constexpr int64_t kMinElementsPerThread = int64_t(1) << 21;
+  return std::max<int64_t>(1, kMinElementsPerThread / std::max<int64_t>(1, K * max_cols));
+}
+
 // Contiguous copies (views where already contiguous) so kernels can walk raw rows of length n.
 inline std::vector<at::Tensor> contiguous_chunks(at::TensorList jac) {
   std::vector<at::Tensor> chunks;

@@ -11,17 +11,25 @@ namespace {
 
 constexpr int64_t kRangeCols = int64_t(1) << 15;
 
-// Eight columns at a time in float64 registers: one read of every row, one write of the output.
+// Columns per block: the block's float64 accumulators (2 KiB) stay in L1 while the K rows stream through it
+// one at a time; reading all K rows side by side instead would need K concurrent streams.
+constexpr int64_t kBlockCols = 256;
+
 template <typename scalar_t>
 MTL_CPU_CLONES void combine_range(const scalar_t* data, int64_t n, int64_t K, const double* w, int64_t begin,
                                   int64_t end, scalar_t* out, bool accumulate) {
-  int64_t t = begin;
-  for (; t + 8 <= end; t += 8) {
-    Vec8d acc = accumulate ? load8(out + t) : Vec8d{};
-    for (int64_t k = 0; k < K; ++k) acc += w[k] * load8(data + k * n + t);
-    store8(out + t, acc);
+  constexpr int64_t kVecs = kBlockCols / 8;
+  int64_t t0 = begin;
+  for (; t0 + kBlockCols <= end; t0 += kBlockCols) {
+    Vec8d acc[kVecs];
+    for (int64_t v = 0; v < kVecs; ++v) acc[v] = accumulate ? load8(out + t0 + 8 * v) : Vec8d{};
+    for (int64_t k = 0; k < K; ++k) {
+      const scalar_t* row = data + k * n + t0;
+      for (int64_t v = 0; v < kVecs; ++v) acc[v] += w[k] * load8(row + 8 * v);
+    }
+    for (int64_t v = 0; v < kVecs; ++v) store8(out + t0 + 8 * v, acc[v]);
   }
-  for (; t < end; ++t) {
+  for (int64_t t = t0; t < end; ++t) {
     double acc = accumulate ? static_cast<double>(out[t]) : 0.0;
     for (int64_t k = 0; k < K; ++k) acc += w[k] * static_cast<double>(data[k * n + t]);
     out[t] = static_cast<scalar_t>(acc);
@@ -36,7 +44,7 @@ void combine_chunks(const std::vector<at::Tensor>& chunks, const at::Tensor& wei
   const at::Tensor w = weights.to(at::kDouble).contiguous();
   const double* wp = w.const_data_ptr<double>();
   const std::vector<ColumnRange> ranges = split_columns(chunks, kRangeCols);
-  at::parallel_for(0, static_cast<int64_t>(ranges.size()), 1, [&](int64_t first, int64_t last) {
+  at::parallel_for(0, static_cast<int64_t>(ranges.size()), parallel_grain(K, kRangeCols), [&](int64_t first, int64_t last) {
     for (int64_t r = first; r < last; ++r) {
       const ColumnRange& range = ranges[r];
       const at::Tensor& chunk = chunks[range.chunk];

@@ -1,6 +1,16 @@
-// CPU Gram matrix of a chunked Jacobian: one pass over J, all K(K+1)/2 products, float64 accumulation.
+// CPU Gram matrix of a chunked Jacobian: one pass over J, all K(K+1)/2 products.
+//
+// Accumulation: every tile's sums are added up in float64. Within a tile, float32 input is multiplied and
+// summed in float32 (twice the SIMD width of float64) whenever the tile's values are in a range where no
+// product or sum can overflow and no product that matters can underflow; otherwise, and for every other
+// dtype, the tile is computed in float64. So gradients at 1e-30 or 1e30 stay exact in scale, and ordinary
+// ones take the fast path.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include <cmath>
+#include <type_traits>
+#include <vector>
 
 #include "checks.h"
 #include "cpu/column_ranges.h"
@@ -44,24 +54,85 @@ MTL_CPU_CLONES void dot_block_4x4(const scalar_t* const* A, const scalar_t* cons
     }
 }
 
+// The float32 version: 16 lanes. Lane sums cover at most kTileCols / 16 products before they go to float64.
+MTL_CPU_CLONES void dot_block_4x4_f32(const float* const* A, const float* const* B, int64_t len,
+                                      double out[4][4]) {
+  Vec16f s[4][4] = {};
+  int64_t t = 0;
+  for (; t + 16 <= len; t += 16) {
+    Vec16f a[4], b[4];
+    for (int r = 0; r < 4; ++r) {
+      a[r] = load16(A[r] + t);
+      b[r] = load16(B[r] + t);
+    }
+    for (int x = 0; x < 4; ++x)
+      for (int y = 0; y < 4; ++y) s[x][y] += a[x] * b[y];
+  }
+  for (int x = 0; x < 4; ++x)
+    for (int y = 0; y < 4; ++y) {
+      double r = sum_lanes(s[x][y]);
+      for (int64_t u = t; u < len; ++u) r += static_cast<double>(A[x][u]) * static_cast<double>(B[y][u]);
+      out[x][y] = r;
+    }
+}
+
+// True when float32 arithmetic is safe for these rows: every row is all zeros or has its largest magnitude m
+// in [2^-48, 2^56]. Then no product exceeds 2^112 and no sum of kTileCols of them 2^127 (< FLT_MAX), and the
+// products lost to underflow (< 2^-126 each) weigh less than 2^-60 of m_a m_b, itself at most |a| |b|.
+MTL_CPU_CLONES bool fits_float32(const float* const* rows, int64_t K, int64_t len) {
+  constexpr float kLow = 0x1p-48f, kHigh = 0x1p56f;
+  for (int64_t k = 0; k < K; ++k) {
+    // NaNs compare false and are skipped here; either path propagates them into the sums alike.
+    Vec16f m = {};
+    int64_t t = 0;
+    for (; t + 16 <= len; t += 16) {
+      const Vec16f v = abs16(load16(rows[k] + t));
+      m = v > m ? v : m;
+    }
+    float row_max = 0.0f;
+    for (int l = 0; l < 16; ++l) row_max = std::max(row_max, m[l]);
+    for (; t < len; ++t) row_max = std::max(row_max, std::fabs(rows[k][t]));
+    if (!(row_max == 0.0f || (row_max >= kLow && row_max <= kHigh))) return false;
+  }
+  return true;
+}
+
+template <typename scalar_t>
+void add_block(const scalar_t* data, int64_t n, int64_t K, int64_t t0, int64_t len, int64_t I, int64_t J,
+               bool float32, double* acc) {
+  const scalar_t* A[4];
+  const scalar_t* B[4];
+  for (int r = 0; r < 4; ++r) {
+    A[r] = data + std::min(I + r, K - 1) * n + t0;
+    B[r] = data + std::min(J + r, K - 1) * n + t0;
+  }
+  double block[4][4];
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (float32) {
+      dot_block_4x4_f32(A, B, len, block);
+    } else {
+      dot_block_4x4(A, B, len, block);
+    }
+  } else {
+    dot_block_4x4(A, B, len, block);
+  }
+  for (int64_t i = I; i < std::min(I + kBlockRows, K); ++i)
+    for (int64_t j = std::max(i, J); j < std::min(J + kBlockRows, K); ++j) acc[pair_index(i, j, K)] += block[i - I][j - J];
+}
+
 template <typename scalar_t>
 void gram_range(const scalar_t* data, int64_t n, int64_t K, int64_t begin, int64_t end, double* acc) {
+  std::vector<const float*> rows;
   for (int64_t t0 = begin; t0 < end; t0 += kTileCols) {
     const int64_t len = std::min(kTileCols, end - t0);
+    bool float32 = false;
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      rows.resize(K);
+      for (int64_t k = 0; k < K; ++k) rows[k] = data + k * n + t0;
+      float32 = fits_float32(rows.data(), K, len);  // also brings the tile into cache for the products
+    }
     for (int64_t I = 0; I < K; I += kBlockRows)
-      for (int64_t J = I; J < K; J += kBlockRows) {
-        const scalar_t* A[4];
-        const scalar_t* B[4];
-        for (int r = 0; r < 4; ++r) {
-          A[r] = data + std::min(I + r, K - 1) * n + t0;
-          B[r] = data + std::min(J + r, K - 1) * n + t0;
-        }
-        double block[4][4];
-        dot_block_4x4(A, B, len, block);
-        for (int64_t i = I; i < std::min(I + kBlockRows, K); ++i)
-          for (int64_t j = std::max(i, J); j < std::min(J + kBlockRows, K); ++j)
-            acc[pair_index(i, j, K)] += block[i - I][j - J];
-      }
+      for (int64_t J = I; J < K; J += kBlockRows) add_block(data, n, K, t0, len, I, J, float32, acc);
   }
 }
 
@@ -72,7 +143,7 @@ at::Tensor gram_cpu(at::TensorList jac) {
   const int64_t pairs = num_pairs(K);
   std::vector<double> partial(ranges.size() * pairs, 0.0);
 
-  at::parallel_for(0, static_cast<int64_t>(ranges.size()), 1, [&](int64_t first, int64_t last) {
+  at::parallel_for(0, static_cast<int64_t>(ranges.size()), parallel_grain(K, kRangeCols), [&](int64_t first, int64_t last) {
     for (int64_t r = first; r < last; ++r) {
       const ColumnRange& range = ranges[r];
       const at::Tensor& chunk = chunks[range.chunk];

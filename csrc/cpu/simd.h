@@ -12,6 +12,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <cstdint>
 #include <cstring>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -20,28 +21,33 @@
 #define MTL_CPU_CLONES
 #endif
 
+// The helpers below take or return vector types: they must always be inlined into the clone that uses them,
+// never called across a boundary compiled for another SIMD width (a call would pass vectors through memory).
+#define MTL_SIMD_INLINE __attribute__((always_inline)) inline
+
 namespace mtl_fast {
 
 typedef double Vec8d __attribute__((vector_size(64)));
 typedef float Vec8f __attribute__((vector_size(32)));
+typedef float Vec16f __attribute__((vector_size(64)));
 
 // Eight consecutive values (any alignment) widened to float64.
 template <typename scalar_t>
-inline Vec8d load8(const scalar_t* p) {
+MTL_SIMD_INLINE Vec8d load8(const scalar_t* p) {
   Vec8d v;
   for (int l = 0; l < 8; ++l) v[l] = static_cast<double>(p[l]);
   return v;
 }
 
 template <>
-inline Vec8d load8<float>(const float* p) {
+MTL_SIMD_INLINE Vec8d load8<float>(const float* p) {
   Vec8f f;
   std::memcpy(&f, p, sizeof(f));
   return __builtin_convertvector(f, Vec8d);
 }
 
 template <>
-inline Vec8d load8<double>(const double* p) {
+MTL_SIMD_INLINE Vec8d load8<double>(const double* p) {
   Vec8d v;
   std::memcpy(&v, p, sizeof(v));
   return v;
@@ -49,22 +55,42 @@ inline Vec8d load8<double>(const double* p) {
 
 // Stores eight float64 lanes rounded to scalar_t (any alignment).
 template <typename scalar_t>
-inline void store8(scalar_t* p, Vec8d v) {
+MTL_SIMD_INLINE void store8(scalar_t* p, Vec8d v) {
   for (int l = 0; l < 8; ++l) p[l] = static_cast<scalar_t>(v[l]);
 }
 
 template <>
-inline void store8<float>(float* p, Vec8d v) {
+MTL_SIMD_INLINE void store8<float>(float* p, Vec8d v) {
   const Vec8f f = __builtin_convertvector(v, Vec8f);
   std::memcpy(p, &f, sizeof(f));
 }
 
 template <>
-inline void store8<double>(double* p, Vec8d v) {
+MTL_SIMD_INLINE void store8<double>(double* p, Vec8d v) {
   std::memcpy(p, &v, sizeof(v));
 }
 
-inline double sum_lanes(Vec8d v) {
+// Sixteen consecutive floats (any alignment).
+MTL_SIMD_INLINE Vec16f load16(const float* p) {
+  Vec16f v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+typedef int32_t Vec16i __attribute__((vector_size(64)));
+
+// |v|: clears the sign bits.
+MTL_SIMD_INLINE Vec16f abs16(Vec16f v) {
+  return reinterpret_cast<Vec16f>(reinterpret_cast<Vec16i>(v) & 0x7fffffff);
+}
+
+MTL_SIMD_INLINE double sum_lanes(Vec16f v) {
+  double s = 0;
+  for (int l = 0; l < 16; ++l) s += v[l];
+  return s;
+}
+
+MTL_SIMD_INLINE double sum_lanes(Vec8d v) {
   double s = 0;
   for (int l = 0; l < 8; ++l) s += v[l];
   return s;
