@@ -27,10 +27,10 @@ inline std::vector<ColumnRange> split_columns(const std::vector<at::Tensor>& chu
   return ranges;
 }
 
-// Ranges per parallel task so that each thread gets at least ~2M elements: below that the work is shorter than
-// what a parallel region costs, and far shorter than the stall when a busy machine deschedules one thread.
+// Ranges per parallel task so that each thread gets at least ~256K elements (about 50 us of work): below
+// that a parallel region costs more than it saves.
 inline int64_t parallel_grain(int64_t K, int64_t max_cols) {
-  constexpr int64_t kMinElementsPerThread = int64_t(1) << 21;
+  constexpr int64_t kMinElementsPerThread = int64_t(1) << 18;
   return std::max<int64_t>(1, kMinElementsPerThread / std::max<int64_t>(1, K * max_cols));
 }
 

@@ -23,53 +23,33 @@ namespace {
 // Columns per parallel work item: coarse enough to amortise the per-item partial Gram.
 constexpr int64_t kRangeCols = int64_t(1) << 15;
 
-// Rows are processed in blocks of 4: each block pair keeps 16 accumulators of 8 float64 lanes in registers
-// and converts 8 loaded values per 16 products. A partial block repeats row K-1 and ignores its products.
+// Rows are processed in blocks of 4: each block pair keeps 16 vector accumulators in registers and loads 8
+// vectors per 16 products. A partial block repeats row K-1 and ignores its products.
 constexpr int64_t kBlockRows = 4;
 
 // Columns per pass over the block pairs: the K rows of a tile stay in L2 while every pair reads them.
 constexpr int64_t kTileCols = 2048;
 
-// out[a][b] = <A[a], B[b]> over len columns, in float64. The column order within a lane is fixed, so the
-// result is reproducible.
-template <typename scalar_t>
+// out[x][y] = <A[x], B[y]> over len columns, summed in Vec's lanes (float64: Vec8d, or float32: Vec16f, whose
+// lane sums cover at most kTileCols / 16 products) and totalled in float64. The column order within a lane is
+// fixed, so the result is reproducible. A diagonal block (A == B) computes only its upper triangle.
+template <typename Vec, bool kDiagonal, typename scalar_t>
 MTL_CPU_CLONES void dot_block_4x4(const scalar_t* const* A, const scalar_t* const* B, int64_t len,
                                   double out[4][4]) {
-  Vec8d s[4][4] = {};
+  constexpr int kLanes = lanes_of<Vec>();
+  Vec s[4][4] = {};
   int64_t t = 0;
-  for (; t + 8 <= len; t += 8) {
-    Vec8d a[4], b[4];
+  for (; t + kLanes <= len; t += kLanes) {
+    Vec a[4], b[4];
     for (int r = 0; r < 4; ++r) {
-      a[r] = load8(A[r] + t);
-      b[r] = load8(B[r] + t);
+      a[r] = load_lanes<Vec>(A[r] + t);
+      b[r] = kDiagonal ? a[r] : load_lanes<Vec>(B[r] + t);
     }
     for (int x = 0; x < 4; ++x)
-      for (int y = 0; y < 4; ++y) s[x][y] += a[x] * b[y];
+      for (int y = kDiagonal ? x : 0; y < 4; ++y) s[x][y] += a[x] * b[y];
   }
   for (int x = 0; x < 4; ++x)
-    for (int y = 0; y < 4; ++y) {
-      double r = sum_lanes(s[x][y]);
-      for (int64_t u = t; u < len; ++u) r += static_cast<double>(A[x][u]) * static_cast<double>(B[y][u]);
-      out[x][y] = r;
-    }
-}
-
-// The float32 version: 16 lanes. Lane sums cover at most kTileCols / 16 products before they go to float64.
-MTL_CPU_CLONES void dot_block_4x4_f32(const float* const* A, const float* const* B, int64_t len,
-                                      double out[4][4]) {
-  Vec16f s[4][4] = {};
-  int64_t t = 0;
-  for (; t + 16 <= len; t += 16) {
-    Vec16f a[4], b[4];
-    for (int r = 0; r < 4; ++r) {
-      a[r] = load16(A[r] + t);
-      b[r] = load16(B[r] + t);
-    }
-    for (int x = 0; x < 4; ++x)
-      for (int y = 0; y < 4; ++y) s[x][y] += a[x] * b[y];
-  }
-  for (int x = 0; x < 4; ++x)
-    for (int y = 0; y < 4; ++y) {
+    for (int y = kDiagonal ? x : 0; y < 4; ++y) {
       double r = sum_lanes(s[x][y]);
       for (int64_t u = t; u < len; ++u) r += static_cast<double>(A[x][u]) * static_cast<double>(B[y][u]);
       out[x][y] = r;
@@ -97,6 +77,12 @@ MTL_CPU_CLONES bool fits_float32(const float* const* rows, int64_t K, int64_t le
   return true;
 }
 
+// Adds a block's products to the packed upper triangle, dropping those of padding rows and below the diagonal.
+void accumulate_block(const double block[4][4], int64_t K, int64_t I, int64_t J, double* acc) {
+  for (int64_t i = I; i < std::min(I + kBlockRows, K); ++i)
+    for (int64_t j = std::max(i, J); j < std::min(J + kBlockRows, K); ++j) acc[pair_index(i, j, K)] += block[i - I][j - J];
+}
+
 template <typename scalar_t>
 void add_block(const scalar_t* data, int64_t n, int64_t K, int64_t t0, int64_t len, int64_t I, int64_t J,
                bool float32, double* acc) {
@@ -109,15 +95,12 @@ void add_block(const scalar_t* data, int64_t n, int64_t K, int64_t t0, int64_t l
   double block[4][4];
   if constexpr (std::is_same_v<scalar_t, float>) {
     if (float32) {
-      dot_block_4x4_f32(A, B, len, block);
-    } else {
-      dot_block_4x4(A, B, len, block);
+      I == J ? dot_block_4x4<Vec16f, true>(A, B, len, block) : dot_block_4x4<Vec16f, false>(A, B, len, block);
+      return accumulate_block(block, K, I, J, acc);
     }
-  } else {
-    dot_block_4x4(A, B, len, block);
   }
-  for (int64_t i = I; i < std::min(I + kBlockRows, K); ++i)
-    for (int64_t j = std::max(i, J); j < std::min(J + kBlockRows, K); ++j) acc[pair_index(i, j, K)] += block[i - I][j - J];
+  I == J ? dot_block_4x4<Vec8d, true>(A, B, len, block) : dot_block_4x4<Vec8d, false>(A, B, len, block);
+  accumulate_block(block, K, I, J, acc);
 }
 
 template <typename scalar_t>

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define MTL_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -88,6 +89,22 @@ MTL_SIMD_INLINE double sum_lanes(Vec16f v) {
   double s = 0;
   for (int l = 0; l < 16; ++l) s += v[l];
   return s;
+}
+
+// The lane count of a vector type, and loads of that many consecutive values into it.
+template <typename Vec>
+constexpr int lanes_of() {
+  return static_cast<int>(sizeof(Vec) / sizeof(Vec{}[0]));
+}
+
+template <typename Vec, typename scalar_t>
+MTL_SIMD_INLINE Vec load_lanes(const scalar_t* p) {
+  if constexpr (std::is_same_v<Vec, Vec16f>) {
+    static_assert(std::is_same_v<scalar_t, float>, "float32 lanes are only loaded from float32 data");
+    return load16(p);
+  } else {
+    return load8(p);
+  }
 }
 
 MTL_SIMD_INLINE double sum_lanes(Vec8d v) {
