@@ -93,25 +93,22 @@ def reachable_leaves(roots: Sequence[Tensor]) -> List[Tensor]:
     return leaves
 
 
-#: Receives task k's gradients (one per input) as soon as they exist.
-TaskSink = Callable[[int, Sequence[Tensor]], None]
+#: Receives task k's gradients (one per input, None where task k does not reach it) as soon as they exist.
+TaskSink = Callable[[int, Sequence[Optional[Tensor]]], None]
 
 
 def _per_task_gradients(losses: List[Tensor], inputs: List[Tensor], retain_graph: bool, mode: str,
-                        sink: Optional[TaskSink] = None) -> Optional[List[Tensor]]:
-    """The (K, *p.shape) per-task gradient of every input: one batched backward, or one backward per task.
-
-    With ``sink``, nothing is stacked or returned: task k's gradients go to ``sink(k, grads)`` as soon as they
-    exist (after each pass of the loop, or row by row from the batched result), so that a consumer such as the
-    distributed reducer can start sending task k while task k + 1 is still being computed.
-    """
+                        sink: TaskSink) -> None:
+    """Hands task k's gradient of every input to ``sink(k, grads)``: from one batched backward, or from one
+    backward per task, as soon as each exists, so that a consumer such as the distributed reducer can start
+    sending task k while task k + 1 is still being computed."""
     K = len(losses)
     if mode == "batched" or (mode == "auto" and K > 1 and losses[0].device.type != "cpu"):
         stacked = torch.stack(losses)
         try:
             grads = torch.autograd.grad(
                 stacked, inputs, grad_outputs=torch.eye(K, dtype=stacked.dtype, device=stacked.device),
-                retain_graph=retain_graph, allow_unused=True, materialize_grads=True, is_grads_batched=True)
+                retain_graph=retain_graph, allow_unused=True, is_grads_batched=True)
         except RuntimeError as batched_error:
             if mode == "batched":
                 raise
@@ -121,25 +118,38 @@ def _per_task_gradients(losses: List[Tensor], inputs: List[Tensor], retain_graph
                 raise RuntimeError(
                     f"mtl_fast.backward: the batched backward failed ({batched_error}) and the per-task fallback "
                     f"then failed too ({loop_error}); call it with jacobian='loop'") from loop_error
-        if sink is None:
-            return list(grads)
         for k in range(K):
-            sink(k, [g[k] for g in grads])
+            sink(k, [None if g is None else g[k] for g in grads])
         return None
     return _per_task_loop(losses, inputs, retain_graph, sink)
 
 
-def _per_task_loop(losses: List[Tensor], inputs: List[Tensor], retain_graph: bool,
-                   sink: Optional[TaskSink] = None) -> Optional[List[Tensor]]:
-    per_task = []
+def _per_task_loop(losses: List[Tensor], inputs: List[Tensor], retain_graph: bool, sink: TaskSink) -> None:
     for k, loss in enumerate(losses):
-        grads = torch.autograd.grad(loss, inputs, retain_graph=retain_graph or k + 1 < len(losses),
-                                    allow_unused=True, materialize_grads=True)
-        if sink is None:
-            per_task.append(grads)
-        else:
-            sink(k, grads)
-    return None if sink is not None else [torch.stack(task_grads) for task_grads in zip(*per_task)]
+        # Unreached inputs stay None (no zeros are materialised): the sinks skip them.
+        sink(k, torch.autograd.grad(loss, inputs, retain_graph=retain_graph or k + 1 < len(losses),
+                                    allow_unused=True))
+
+
+class _TaskRows:
+    """The local sink: row k of each shared parameter's (K, *shape) Jacobian, and the task sum of every other
+    parameter's gradient (what plain autograd would give it), filled as the per-task gradients arrive."""
+
+    def __init__(self, shared: List[Tensor], num_others: int, K: int) -> None:
+        self.shared_J = [torch.empty((K, *p.shape), dtype=p.dtype, device=p.device) for p in shared]
+        self.other_sums: List[Optional[Tensor]] = [None] * num_others
+
+    def add_row(self, k: int, grads: Sequence[Optional[Tensor]]) -> None:
+        n = len(self.shared_J)
+        for J, g in zip(self.shared_J, grads[:n]):
+            if g is None:
+                J[k].zero_()
+            else:
+                J[k].copy_(g)
+        for i, g in enumerate(grads[n:]):
+            if g is not None:
+                # autograd.grad's results are ours to modify.
+                self.other_sums[i] = g if self.other_sums[i] is None else self.other_sums[i].add_(g)
 
 
 def _weighted_sum(aggregator: _FixedWeights, losses: List[Tensor]) -> Tensor:
@@ -225,8 +235,9 @@ def backward(losses: Union[Tensor, Sequence[Tensor]], shared_params: Iterable[Te
         raise ValueError("shared_params: none of them is reached by the losses")
     others = [p for p in leaves if id(p) not in shared_ids]
 
-    grads = _per_task_gradients(losses, shared + others, retain_graph, jacobian)
-    shared_J, others_J = grads[: len(shared)], grads[len(shared):]
+    rows = _TaskRows(shared, len(others), K)
+    _per_task_gradients(losses, shared + others, retain_graph, jacobian, rows.add_row)
+    shared_J = rows.shared_J
     with torch.no_grad():
         if isinstance(aggregator, GramAggregator):
             weights = aggregator.weights(_ops.gram(shared_J))
@@ -236,8 +247,9 @@ def backward(losses: Union[Tensor, Sequence[Tensor]], shared_params: Iterable[Te
             combined = aggregator.aggregate_chunks(shared_J)
             _accumulate(shared, [c.unsqueeze(0) for c in combined],
                         torch.ones(1, dtype=torch.float64, device=losses[0].device))
-        if others:
-            _accumulate(others, others_J, torch.ones(K, dtype=torch.float64, device=losses[0].device))
+        for p, total in zip(others, rows.other_sums):
+            if total is not None:
+                p.grad = total if p.grad is None else p.grad.add_(total)
     return weights
 
 

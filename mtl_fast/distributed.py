@@ -149,9 +149,8 @@ class GradientReducer:
     def add_row(self, k: int, grads: Sequence[Tensor]) -> None:
         """Packs row k and sends each bucket once full.
 
-        ``grads`` has one gradient per parameter this rank reaches (shared, then others); the slices of the
-        shared parameters it does not reach are zeroed here. (autograd could materialise those zeros itself, but
-        drops the batch dim of unused inputs under ``is_grads_batched``.)
+        ``grads`` has one gradient per parameter this rank reaches (shared, then others), None where task k
+        does not reach it; the slices of shared parameters without a gradient are zeroed here.
         """
         if self._layout_work is not None:
             self._check_layout()
@@ -169,12 +168,14 @@ class GradientReducer:
         end = next(ends)
         for i, p in enumerate(flat.params):
             piece = row[flat.offsets[i]: flat.offsets[i + 1]]
-            if id(p) in self._unreached:
-                piece.zero_()
+            g = None if id(p) in self._unreached else next(grads)
+            if g is None:
+                if not add:
+                    piece.zero_()
             elif add:
-                piece.add_(next(grads).reshape(-1))
+                piece.add_(g.reshape(-1))
             else:
-                piece.copy_(next(grads).reshape(-1))
+                piece.copy_(g.reshape(-1))
             if send_to is not None and flat.offsets[i + 1] == end:
                 send_to.append(dist.all_reduce(row[start:end], group=self.group, async_op=True))
                 start, end = end, next(ends, None)
