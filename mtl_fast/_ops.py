@@ -37,15 +37,17 @@ def _load_extension() -> Optional[str]:
 extension_error: Optional[str] = _load_extension()
 
 
-def _kernel_devices() -> frozenset:
-    if extension_error is not None:
+def kernel_devices(op: str) -> frozenset:
+    """The device types ('cpu', 'cuda') on which the compiled ``mtl_fast::<op>`` has a kernel. Empty without
+    the extension, and for an op that an older build of it lacks (then the Python path serves)."""
+    if extension_error is not None or not hasattr(torch.ops.mtl_fast, op):
         return frozenset()
     return frozenset(device for device, key in (("cpu", "CPU"), ("cuda", "CUDA"))
-                     if torch._C._dispatch_has_kernel_for_dispatch_key("mtl_fast::gram", key))
+                     if torch._C._dispatch_has_kernel_for_dispatch_key(f"mtl_fast::{op}", key))
 
 
 # Fixed once the extension is imported; a plain set lookup keeps the dispatchers traceable by torch.compile.
-_KERNEL_DEVICES = _kernel_devices()
+_KERNEL_DEVICES = kernel_devices("gram")
 
 
 def has_kernel(device_type: str) -> bool:

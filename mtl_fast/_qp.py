@@ -15,16 +15,7 @@ from torch import Tensor
 from . import _ops
 
 
-def _op_devices() -> frozenset:
-    # An extension built before these ops existed has the other kernels but not these: it must not be used here.
-    if not _ops.has_kernel("cpu") or not hasattr(torch.ops.mtl_fast, "nonneg_qp"):
-        return frozenset()
-    return frozenset(device for device, key in (("cpu", "CPU"), ("cuda", "CUDA"))
-                     if _ops.has_kernel(device)
-                     and torch._C._dispatch_has_kernel_for_dispatch_key("mtl_fast::nonneg_qp", key))
-
-
-_DEVICES = _op_devices()
+_DEVICES = _ops.kernel_devices("nonneg_qp")
 
 
 def has_kernel(device_type: str) -> bool:

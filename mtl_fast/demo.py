@@ -77,11 +77,11 @@ class RunConfig:
 
 
 # Measured on this project's 2-core CPU. QUICK: the core strategies in about a minute when the machine is idle
-# (2m10s at 300 steps with a load average of 8 from other jobs, hence 250), every task far above chance (shape
-# ~50% vs 28%, orientation ~60% vs 25%). DEFAULT: the default group (18 strategies with the full zoo) in a few
-# minutes on an idle machine, with enough epochs for DWA's epoch-to-epoch loss ratios to come into play.
+# (58 s), every task far above chance (shape ~50% vs 28%, orientation ~60% vs 25%). DEFAULT: the default group
+# (18 strategies with the full zoo) in about five minutes on an idle machine (6m48s at 400 steps, hence 300),
+# with enough epochs for DWA's epoch-to-epoch loss ratios to come into play.
 QUICK = RunConfig(train_size=8000, val_size=1000, steps=250, batch_size=64, eval_every=50, loop_steps=16)
-DEFAULT = RunConfig(train_size=10000, val_size=2000, steps=400, batch_size=64, eval_every=40, loop_steps=40)
+DEFAULT = RunConfig(train_size=10000, val_size=2000, steps=300, batch_size=64, eval_every=30, loop_steps=40)
 
 
 def _task_balanced_weights(num_classes: Sequence[int]) -> List[float]:

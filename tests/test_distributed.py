@@ -195,9 +195,11 @@ def _worker(rank: int, world: int, port: int, outdir: str, session: str) -> None
                             timeout=timedelta(seconds=60))
     result = _SESSIONS[session](rank, world)
     torch.save(result, os.path.join(outdir, f"rank{rank}.pt"))
-    if session == "failure":
-        os._exit(0)  # the group is broken: tearing it down could wait on the peer
-    dist.destroy_process_group()
+    if session != "failure":  # there the group is broken: a barrier would wait on the peer
+        dist.barrier()  # every rank's collectives have completed before any rank leaves
+    # Leave without tearing the group down: torch 2.13's gloo/DDP teardown sometimes aborts the process
+    # ("terminate called without an active exception") after the results are already on disk.
+    os._exit(0)
 
 
 def _free_port() -> int:

@@ -46,16 +46,8 @@ def reference_heads_loss(logits: Tensor, class_targets: Tensor, value_targets: T
     return torch.stack(losses)
 
 
-def _kernel_devices() -> frozenset:
-    # A build older than these ops has the other kernels but not this schema: the reference serves then.
-    if _ops.extension_error is not None or not hasattr(torch.ops.mtl_fast, "heads_loss"):
-        return frozenset()
-    return frozenset(device for device, key in (("cpu", "CPU"), ("cuda", "CUDA"))
-                     if torch._C._dispatch_has_kernel_for_dispatch_key("mtl_fast::heads_loss", key))
-
-
 # Fixed at import; a plain set lookup keeps heads_loss traceable by torch.compile.
-_KERNEL_DEVICES = _kernel_devices()
+_KERNEL_DEVICES = _ops.kernel_devices("heads_loss")
 
 
 def has_kernel(device_type: str) -> bool:
