@@ -85,11 +85,17 @@ class Weighted(_FixedWeights):
 
     def __init__(self, weights: Sequence[float]) -> None:
         self._weights = as_float_tensor(weights, "weights")
+        # One copy per device, made once: a host-to-device copy on every step would be a hidden sync (and
+        # cannot be captured in a CUDA graph).
+        self._on_device: Dict[torch.device, Tensor] = {}
 
     def fixed_weights(self, K: int, device: torch.device) -> Tensor:
         if K != self._weights.numel():
             raise ValueError(f"weights: Weighted has {self._weights.numel()} weights but there are {K} tasks")
-        return self._weights.to(device)
+        device = torch.device(device)
+        if device not in self._on_device:
+            self._on_device[device] = self._weights.to(device)
+        return self._on_device[device]
 
     def __repr__(self) -> str:
         return f"Weighted({self._weights.tolist()})"

@@ -225,7 +225,7 @@ def backward(losses: Union[Tensor, Sequence[Tensor]], shared_params: Iterable[Te
 
     if isinstance(aggregator, _FixedWeights):
         torch.autograd.backward(_weighted_sum(aggregator, losses), retain_graph=retain_graph)
-        return aggregator.fixed_weights(K, losses[0].device)
+        return aggregator.fixed_weights(K, losses[0].device).clone()  # the caller may modify it
 
     shared_ids = {id(p) for p in shared}
     leaves = reachable_leaves(losses)
@@ -282,7 +282,7 @@ def _backward_across_ranks(losses: List[Tensor], shared: List[Tensor], aggregato
     with torch.no_grad():
         J = reducer.shared_sums()
         if fixed:
-            weights = aggregator.fixed_weights(K, device)
+            weights = aggregator.fixed_weights(K, device).clone()  # returned: the caller may modify it
             combined = _ops.combine(J, mean_of_one_row)
         elif isinstance(aggregator, GramAggregator):
             weights = agreed_weights(aggregator, _ops.gram(J) / R ** 2, group)
