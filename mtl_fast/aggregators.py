@@ -350,7 +350,26 @@ class MGDA(GramAggregator):
         return z / z.sum()
 
 
-class DualProj(_WithPreference):
+class _DualConeProjection(_WithPreference):
+    """DualProj and UPGrad: small QPs on the normalised Gram matrix, in one compiled op where the device has it
+    and in torch ops otherwise."""
+
+    _qp_method: str  # the compiled op's name for the method
+
+    def _torch_weights(self, M: Tensor, u: Tensor) -> Tensor:
+        """The weights from M = G / trace(G) + regularisation and the preference u, in torch ops."""
+        raise NotImplementedError
+
+    def weights(self, G: Tensor) -> Tensor:
+        K = check_gram(G)
+        compiled = _compiled_qp_weights(G, self._qp_method, self._preference_or_mean(K, G.device))
+        if compiled is not None:
+            return compiled
+        M = _normalized_gram(G)
+        return self._torch_weights(M, self.preference(K, M.device))
+
+
+class DualProj(_DualConeProjection):
     """DualProj: the preference-weighted mean gradient projected onto the dual cone of the task gradients,
     {d : g_k . d >= 0 for all k} (Equation 11 of "Gradient Episodic Memory for Continual Learning", Lopez-Paz &
     Ranzato 2017; named DualProj in "Jacobian Descent for Multi-Objective Optimization", Quinton & Rey 2024).
@@ -366,17 +385,13 @@ class DualProj(_WithPreference):
         pref_vector: K non-negative weights u; default the mean.
     """
 
-    def weights(self, G: Tensor) -> Tensor:
-        K = check_gram(G)
-        compiled = _compiled_qp_weights(G, "dualproj", self._preference_or_mean(K, G.device))
-        if compiled is not None:
-            return compiled
-        M = _normalized_gram(G)
-        u = self.preference(K, M.device)
+    _qp_method = "dualproj"
+
+    def _torch_weights(self, M: Tensor, u: Tensor) -> Tensor:
         return u + solve_nonnegative_qp(M, (M @ u)[None])[0]
 
 
-class UPGrad(_WithPreference):
+class UPGrad(_DualConeProjection):
     """UPGrad, "Jacobian Descent for Multi-Objective Optimization" (Quinton & Rey, 2024).
 
     Each task gradient g_i is projected onto the dual cone {d : J d >= 0}, and the projections are combined with
@@ -391,15 +406,11 @@ class UPGrad(_WithPreference):
         pref_vector: K non-negative weights u; default the mean.
     """
 
-    def weights(self, G: Tensor) -> Tensor:
-        K = check_gram(G)
-        compiled = _compiled_qp_weights(G, "upgrad", self._preference_or_mean(K, G.device))
-        if compiled is not None:
-            return compiled
-        M = _normalized_gram(G)
-        u = self.preference(K, M.device)
+    _qp_method = "upgrad"
+
+    def _torch_weights(self, M: Tensor, u: Tensor) -> Tensor:
         # Row i solves for e_i; the solution scales with u_i, so the rows are weighted after solving.
-        V = torch.eye(K, dtype=M.dtype, device=M.device) + solve_nonnegative_qp(M, M)
+        V = torch.eye(M.shape[0], dtype=M.dtype, device=M.device) + solve_nonnegative_qp(M, M)
         return u @ V
 
 

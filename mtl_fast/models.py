@@ -10,31 +10,33 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["SharedTrunk", "MultiTaskNet", "LargeTrunk"]
+__all__ = ["ConvTrunk", "SharedTrunk", "MultiTaskNet", "LargeTrunk"]
 
 
-class SharedTrunk(nn.Sequential):
-    """Conv 3->32, ReLU, MaxPool, Conv 32->64, ReLU, MaxPool, Linear 3136->128, ReLU (3x28x28 in, 128 out)."""
+class ConvTrunk(nn.Sequential):
+    """Conv 3->c1, ReLU, MaxPool, Conv c1->c2, ReLU, MaxPool, Linear c2*7*7->out_features, ReLU on 3x28x28."""
 
-    out_features = 128
+    def __init__(self, c1: int, c2: int, out_features: int) -> None:
+        super().__init__(
+            nn.Conv2d(3, c1, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(c2 * 7 * 7, out_features), nn.ReLU())
+        self.out_features = out_features
+
+
+class SharedTrunk(ConvTrunk):
+    """The origin document's trunk: Conv 3->32, ReLU, MaxPool, Conv 32->64, ReLU, MaxPool, Linear 3136->128,
+    ReLU (3x28x28 in, 128 out)."""
 
     def __init__(self) -> None:
-        super().__init__(
-            nn.Conv2d(3, 32, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU())
+        super().__init__(32, 64, 128)
 
 
-class LargeTrunk(nn.Sequential):
+class LargeTrunk(ConvTrunk):
     """A wider trunk of the same shape (3x28x28 in, 512 out), for benchmarks that need more shared parameters."""
 
-    out_features = 512
-
     def __init__(self) -> None:
-        super().__init__(
-            nn.Conv2d(3, 64, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(64, 128, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(128 * 7 * 7, 512), nn.ReLU())
+        super().__init__(64, 128, 512)
 
 
 class MultiTaskNet(nn.Module):
