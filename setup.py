@@ -24,7 +24,7 @@ def _extensions():
     from torch.utils import cpp_extension
 
     here = os.path.dirname(os.path.abspath(__file__))
-    sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    sources = ["csrc/ops.cpp", "csrc/python_module.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     # The C++ standard is left to torch's own default; SIMD width is chosen at run time (csrc/cpu/simd.h).
     # at::parallel_for is inlined into our code and only runs in parallel when compiled with OpenMP (the
     # runtime is torch's own libgomp).

@@ -4,7 +4,9 @@
 
 Medians of N timed calls, measured side by side in one run (the machine may be shared). The peers solve exactly
 the same problems on the same trace-normalised, 1e-6-regularised G: DualProj one QP, UPGrad K QPs (one per task),
-MGDA the simplex QP; quadprog through its raw ``solve_qp`` (no qpsolvers wrapper), scipy through SLSQP.
+MGDA the simplex QP; quadprog through its raw ``solve_qp`` (no qpsolvers wrapper), both bare and as a whole
+weights(G) from a torch G, and scipy through SLSQP. At K = 16 two problems: one conflicting pair, and two camps
+in conflict (active constraints).
 mtl_fast's QP-based methods run on the compiled QP op where it is built (mtl_fast._qp); at K = 16 they are also
 timed on the torch-ops solver, the path taken without it.
 """
@@ -14,13 +16,14 @@ import argparse
 import contextlib
 import statistics
 import time
+from typing import Callable, Dict, List
 
 import numpy as np
 import torch
 
 import mtl_fast as mf
 from mtl_fast import _qp
-from mtl_fast.aggregators import _normalized_gram
+from mtl_fast.aggregators import QP_REGULARIZATION, _normalized_gram
 
 
 def median_us(fn, repeat: int) -> float:
@@ -45,25 +48,68 @@ def torch_qp_path():
 
 
 def gram(K: int, seed: int = 0) -> torch.Tensor:
+    """One conflicting pair (task 1 against task 0) among random gradients: the mean conflicts with no task."""
     J = torch.randn(K, 4 * K, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
     J[1] = -J[0] + 0.3 * J[1]  # at least one conflict
     return J @ J.T
 
 
-def peers(G: torch.Tensor):
-    """quadprog and scipy solvers for DualProj, UPGrad and MGDA on the same regularised problem."""
+def conflicted_gram(K: int, seed: int = 0) -> torch.Tensor:
+    """Two camps pulling along one direction in opposite ways: the mean conflicts with half of the tasks, so the
+    projections have active constraints (at K = 16: DualProj 5 of them, MGDA 15 of 16 tasks in the support)."""
+    g = torch.Generator().manual_seed(seed)
+    J = torch.randn(K, 4 * K, dtype=torch.float64, generator=g)
+    d = torch.randn(4 * K, dtype=torch.float64, generator=g)
+    J[: K // 2] += 1.5 * d
+    J[K // 2:] -= 1.0 * d
+    return J @ J.T
+
+
+def side_by_side(fns: Dict[str, Callable[[], object]], repeat: int, inner: int = 20) -> Dict[str, float]:
+    """Median microseconds per call of each function, timed in interleaved rounds of ``inner`` calls so that a
+    slow spell of the (shared) machine hits every candidate alike."""
+    samples: Dict[str, List[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            samples[name].append((time.perf_counter() - start) / inner)
+    return {name: statistics.median(times) * 1e6 for name, times in samples.items()}
+
+
+def peers(G: torch.Tensor) -> Dict[str, Dict[str, Callable[[], object]]]:
+    """quadprog and scipy for DualProj, UPGrad and MGDA on the same regularised problem as mtl_fast's.
+
+    'quadprog solve_qp' is the bare solver call on numpy arrays built beforehand (the solver's floor, which no
+    caller reaches); 'quadprog weights(G)' is what a training step would run with quadprog: the torch G in, the
+    same trace normalisation and regularisation in numpy, the solve, the weights back as a torch tensor.
+    """
     import quadprog
     from scipy.optimize import minimize
     M = _normalized_gram(G).numpy()
     K = M.shape[0]
     u = np.full(K, 1.0 / K)
     eye = np.eye(K)
+    zeros = np.zeros(K)
+    simplex_A = np.hstack([np.ones((K, 1)), eye])  # sum(w) = 1 (the equality goes first), w >= 0
+    simplex_b = np.r_[1.0, zeros]
 
-    def qp_dual(target):  # min v^T M v s.t. v >= target
-        return quadprog.solve_qp(M, np.zeros(K), eye, target)[0]
+    def normalized(G):
+        g = G.numpy()
+        trace = np.trace(g)
+        return (g / trace if trace > 0 else np.zeros_like(g)) + QP_REGULARIZATION * eye
 
-    def qp_mgda():  # min w^T M w s.t. sum w = 1 (equality first), w >= 0
-        return quadprog.solve_qp(M, np.zeros(K), np.hstack([np.ones((K, 1)), eye]), np.r_[1.0, np.zeros(K)], 1)[0]
+    def dual(M, target):  # min v^T M v s.t. v >= target
+        return quadprog.solve_qp(M, zeros, eye, target)[0]
+
+    def mgda(M):
+        return quadprog.solve_qp(M, zeros, simplex_A, simplex_b, 1)[0]
+
+    def upgrad(M):
+        return sum(u[i] * dual(M, eye[i]) for i in range(K))
 
     def sp_dual(target):
         return minimize(lambda v: v @ M @ v, target, jac=lambda v: 2 * M @ v, method="SLSQP",
@@ -74,10 +120,15 @@ def peers(G: torch.Tensor):
                         constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1}]).x
 
     return {
-        "DualProj": (lambda: qp_dual(u), lambda: sp_dual(u)),
-        "UPGrad": (lambda: sum(u[i] * qp_dual(eye[i]) for i in range(K)),
-                   lambda: sum(u[i] * sp_dual(eye[i]) for i in range(K))),
-        "MGDA": (qp_mgda, sp_mgda),
+        "DualProj": {"quadprog solve_qp": lambda: dual(M, u),
+                     "quadprog weights(G)": lambda: torch.from_numpy(dual(normalized(G), u)),
+                     "scipy SLSQP": lambda: sp_dual(u)},
+        "UPGrad": {"quadprog solve_qp": lambda: upgrad(M),
+                   "quadprog weights(G)": lambda: torch.from_numpy(upgrad(normalized(G))),
+                   "scipy SLSQP": lambda: sum(u[i] * sp_dual(eye[i]) for i in range(K))},
+        "MGDA": {"quadprog solve_qp": lambda: mgda(M),
+                 "quadprog weights(G)": lambda: torch.from_numpy(mgda(normalized(G))),
+                 "scipy SLSQP": sp_mgda},
     }
 
 
@@ -100,18 +151,23 @@ def main() -> None:
             row.append(median_us(lambda: agg.weights(G), max(5, args.repeat // (1 + K // 16))))
         print(f"{name:<11}" + "".join(f"{t:>10.0f}" for t in row))
     K = 16
-    G = gram(K)
-    print(f"\nQP-based methods at K = {K}, median microseconds: mtl_fast ({path}; the torch-ops solver beside it) "
-          "vs quadprog (raw solve_qp) vs scipy SLSQP; ratios are peer / mtl_fast")
-    for name, (quadprog_fn, scipy_fn) in peers(G).items():
-        agg = methods[name]()
-        ours = median_us(lambda: agg.weights(G), args.repeat)
-        with torch_qp_path():
-            torch_ops = median_us(lambda: agg.weights(G), args.repeat)
-        qp = median_us(quadprog_fn, args.repeat)
-        sp = median_us(scipy_fn, max(5, args.repeat // 5))
-        print(f"{name:<9} mtl_fast {ours:7.1f}  torch-ops {torch_ops:7.0f} ({torch_ops / ours:5.1f}x)  "
-              f"quadprog {qp:7.1f} ({qp / ours:5.2f}x)  scipy {sp:8.0f} ({sp / ours:6.1f}x)")
+    print(f"\nQP-based methods at K = {K}: median microseconds per weights(G), timed side by side; "
+          f"mtl_fast on the {path} and on its torch-ops solver; ratios are peer / mtl_fast")
+    for problem, make_gram in (("one conflict", gram), ("conflicted", conflicted_gram)):
+        G = make_gram(K)
+        print(f"-- {problem} G --")
+        for name, peer_fns in peers(G).items():
+            agg = methods[name]()
+            with torch_qp_path():
+                torch_ops = side_by_side({"torch ops": lambda: agg.weights(G)}, max(5, args.repeat // 5), 1)
+            fast = {"mtl_fast": lambda: agg.weights(G),
+                    **{peer: fn for peer, fn in peer_fns.items() if not peer.startswith("scipy")}}
+            times = {**side_by_side(fast, args.repeat), **torch_ops,
+                     **side_by_side({k: v for k, v in peer_fns.items() if k.startswith("scipy")},
+                                    max(5, args.repeat // 5), 1)}
+            ours = times.pop("mtl_fast")
+            print(f"{name:<9} mtl_fast {ours:6.2f}  " + "  ".join(
+                f"{peer} {t:7.1f} ({t / ours:5.1f}x)" for peer, t in times.items()))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,5 @@
 // Operator schemas of the mtl_fast namespace. Implementations register per dispatch key at the bottom of
 // csrc/cpu/*.cpp and csrc/cuda/*.cpp; fake (meta) kernels and autograd live in mtl_fast/_ops.py.
-#include <Python.h>
 #include <torch/library.h>
 
 TORCH_LIBRARY(mtl_fast, m) {
@@ -15,7 +14,3 @@ TORCH_LIBRARY(mtl_fast, m) {
   // The same, accumulated in place onto existing tensors (the parameters' .grad).
   m.def("combine_into(Tensor[] jac, Tensor weights, Tensor(a!)[] out) -> ()");
 }
-
-// Importing mtl_fast._C runs the registrations above; the module itself has no Python functions.
-static struct PyModuleDef mtl_fast_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&mtl_fast_module); }

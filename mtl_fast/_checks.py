@@ -56,11 +56,12 @@ def check_gram(G: Tensor, name: str = "G") -> int:
     """A square (K, K) floating matrix; returns K."""
     if not isinstance(G, Tensor):
         raise TypeError(f"{name}: expected a Tensor, got {type(G).__name__}")
-    if G.dim() != 2 or G.shape[0] != G.shape[1] or G.shape[0] < 1:
-        raise ValueError(f"{name}: expected a square (K, K) matrix with K >= 1, got shape {tuple(G.shape)}")
-    if not G.dtype.is_floating_point:
+    shape = G.shape  # read once: every attribute access is a call into torch, and this runs on every step
+    if len(shape) != 2 or shape[0] != shape[1] or shape[0] < 1:
+        raise ValueError(f"{name}: expected a square (K, K) matrix with K >= 1, got shape {tuple(shape)}")
+    if not G.is_floating_point():
         raise TypeError(f"{name}: expected a floating dtype, got {G.dtype}")
-    return G.shape[0]
+    return shape[0]
 
 
 def as_float_tensor(values, name: str) -> Tensor:

@@ -37,6 +37,9 @@ if _DEVICES:
     # The overloads themselves: resolving torch.ops.mtl_fast.<name> on every call costs about a microsecond.
     _NONNEG_QP = torch.ops.mtl_fast.nonneg_qp.default
     _QP_WEIGHTS = torch.ops.mtl_fast.qp_weights.default
+    # The same CPU kernel without the dispatcher (csrc/python_module.cpp): at K = 16 the dispatch costs more than
+    # the whole solve.
+    from ._C import qp_weights as _QP_WEIGHTS_CPU
 
 
 def nonneg_qp(M: Tensor, q: Tensor, simplex: bool, tol: float, max_iter: int) -> Tensor:
@@ -45,6 +48,17 @@ def nonneg_qp(M: Tensor, q: Tensor, simplex: bool, tol: float, max_iter: int) ->
 
 
 def qp_weights(G: Tensor, pref: Optional[Tensor], method: str, regularization: float, tol: float,
-               max_iter: int) -> Tensor:
-    """The (K,) float64 weights of ``method`` ('mgda', 'dualproj', 'upgrad') on G / trace(G) + regularization I."""
-    return _QP_WEIGHTS(G, pref, method, regularization, tol, max_iter)
+               max_iter: int) -> Optional[Tensor]:
+    """The (K,) float64 weights of ``method`` ('mgda', 'dualproj', 'upgrad') on G / trace(G) + regularization I,
+    or None where G's device has no compiled kernel.
+
+    Plain CPU tensors in eager mode go straight to the CPU kernel; everything else (torch.compile tracing, CUDA,
+    tensor subclasses such as fake tensors) goes through the op, so the dispatcher, fake kernels and torch.compile
+    see it as usual. Profilers and dispatch modes do not see the direct call.
+    """
+    if (G.is_cpu and type(G) is Tensor and (pref is None or type(pref) is Tensor)
+            and not torch.compiler.is_compiling()):
+        return _QP_WEIGHTS_CPU(G, pref, method, regularization, tol, max_iter) if "cpu" in _DEVICES else None
+    if G.device.type in _DEVICES:
+        return _QP_WEIGHTS(G, pref, method, regularization, tol, max_iter)
+    return None

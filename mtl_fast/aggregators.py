@@ -204,12 +204,10 @@ def _default_max_iter(K: int) -> int:
     return 3 * K + 10
 
 
-def _compiled_qp_weights(G: Tensor, method: str, pref: Optional[Tensor] = None) -> Optional[Tensor]:
+def _compiled_qp_weights(G: Tensor, K: int, method: str, pref: Optional[Tensor] = None) -> Optional[Tensor]:
     """weights(G) of 'mgda', 'dualproj' or 'upgrad' in one compiled op (the same QPs as the torch path below, on
     :func:`_normalized_gram`), or None where G's device has no such kernel."""
-    if not _qp.has_kernel(G.device.type):
-        return None
-    return _qp.qp_weights(G, pref, method, QP_REGULARIZATION, QP_TOLERANCE, _default_max_iter(G.shape[0]))
+    return _qp.qp_weights(G, pref, method, QP_REGULARIZATION, QP_TOLERANCE, _default_max_iter(K))
 
 
 def solve_nonnegative_qp(M: Tensor, q: Tensor, *, simplex: bool = False, tol: float = QP_TOLERANCE,
@@ -340,7 +338,7 @@ class MGDA(GramAggregator):
             first = torch.where(gap > 0, (G[1, 1] - G[0, 1]) / torch.where(gap > 0, gap, torch.ones_like(gap)),
                                 torch.full_like(gap, 0.5)).clamp(0.0, 1.0)
             return torch.stack([first, 1.0 - first])
-        compiled = _compiled_qp_weights(G, "mgda")
+        compiled = _compiled_qp_weights(G, K, "mgda")
         if compiled is not None:
             return compiled
         M = _normalized_gram(G)
@@ -362,7 +360,7 @@ class _DualConeProjection(_WithPreference):
 
     def weights(self, G: Tensor) -> Tensor:
         K = check_gram(G)
-        compiled = _compiled_qp_weights(G, self._qp_method, self._preference_or_mean(K, G.device))
+        compiled = _compiled_qp_weights(G, K, self._qp_method, self._preference_or_mean(K, G.device))
         if compiled is not None:
             return compiled
         M = _normalized_gram(G)

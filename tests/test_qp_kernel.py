@@ -177,6 +177,53 @@ def test_bad_arguments():
         mf.UPGrad(pref_vector=[1.0, 2.0]).weights(M)
 
 
+@needs_kernel
+def test_direct_cpu_call_equals_the_op():
+    """The eager CPU path calls the kernel without the dispatcher: bitwise the op's result, for every method,
+    preference, dtype and layout, and the op's argument checks."""
+    direct = _qp._QP_WEIGHTS_CPU
+    op = torch.ops.mtl_fast.qp_weights.default
+    for K in (1, 2, 5, 16):
+        G = gram(K, seed=K)
+        for layout in (G, G.float(), G.T.contiguous().T, G[:, :].t()):
+            for method in QP_METHODS:
+                for pref in (None, torch.rand(K, dtype=torch.float64), torch.rand(K)):
+                    args = (layout, pref, method, QP_REGULARIZATION, QP_TOLERANCE, 25)
+                    w = direct(*args)
+                    assert w.dtype == torch.float64 and w.shape == (K,) and not w.requires_grad
+                    assert torch.equal(w, op(*args))
+    with pytest.raises(RuntimeError, match="method: expected"):
+        direct(G, None, "pcgrad", 1e-6, 1e-9, 5)
+    with pytest.raises(RuntimeError, match="gram: expected a square"):
+        direct(torch.zeros(2, 3), None, "mgda", 1e-6, 1e-9, 5)
+    with pytest.raises(TypeError, match="gram: expected a Tensor"):
+        direct([[1.0]], None, "mgda", 1e-6, 1e-9, 5)
+    with pytest.raises(TypeError, match="pref: expected a Tensor or None"):
+        direct(G, [1.0], "mgda", 1e-6, 1e-9, 5)
+    with pytest.raises(TypeError, match="expected 6 arguments"):
+        direct(G, None, "mgda")
+    with pytest.raises(TypeError):
+        direct(G, None, "mgda", "1e-6", 1e-9, 5)
+
+
+@needs_kernel
+def test_direct_call_only_for_plain_eager_cpu_tensors(monkeypatch):
+    """Fake tensors (torch.compile, opcheck) and compiled regions take the op, so they are traced as usual."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    calls = []
+    monkeypatch.setattr(_qp, "_QP_WEIGHTS_CPU", lambda *args: calls.append("direct") or op(*args))
+    op = torch.ops.mtl_fast.qp_weights.default
+    G = gram(4)
+    mf.MGDA().weights(G)
+    assert calls == ["direct"]
+    with FakeTensorMode() as mode:
+        w = mf.MGDA().weights(mode.from_tensor(G))
+    assert calls == ["direct"] and w.shape == (4,)
+    compiled = torch.compile(lambda G: mf.UPGrad().weights(G), backend="eager", fullgraph=True)
+    assert torch.allclose(compiled(G), mf.UPGrad().weights(G), rtol=0, atol=0)
+    assert calls == ["direct", "direct"]  # the eager call only
+
+
 # --- CUDA: the same source on the device --------------------------------------------------------------------------
 
 @pytest.mark.cuda

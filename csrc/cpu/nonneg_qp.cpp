@@ -1,16 +1,36 @@
 // CPU ops of the nonnegative QPs (kernels/nonneg_qp.h): the generic batched solver behind
 // mtl_fast.aggregators.solve_nonnegative_qp, and the whole weights(G) of MGDA, DualProj and UPGrad in one call,
 // so that a K = 16 problem costs one op dispatch instead of dozens of torch ops.
+#include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <vector>
 
+#include "cpu/nonneg_qp.h"
 #include "kernels/nonneg_qp.h"
 #include "qp_checks.h"
 
 namespace mtl_fast {
 namespace {
+
+// Per-thread buffers, kept between calls: at K = 16 a heap allocation costs a sizeable part of a whole solve.
+// `problem` holds qp_weights' M, linear terms and solutions; `work` and `iwork` one solver's workspace.
+struct Scratch {
+  std::vector<double> problem, work;
+  std::vector<int> iwork;
+};
+
+template <typename T>
+T* at_least(std::vector<T>& buffer, int64_t size) {
+  if (static_cast<int64_t>(buffer.size()) < size) buffer.resize(size);
+  return buffer.data();
+}
+
+Scratch& thread_scratch() {
+  thread_local Scratch scratch;
+  return scratch;
+}
 
 // Solves the B problems (rows of Q) on the shared M into the rows of Z. One problem costs ~K^3/6 flops per
 // pivoting step; batches are split across threads only when that outweighs waking them (UPGrad at large K).
@@ -19,11 +39,19 @@ void solve_batch(const double* M, const double* Q, int64_t B, int64_t K, bool si
   const int64_t flops = K * K * K / 6 + 1;
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 17) / flops);
   at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
-    std::vector<double> work(nonneg_qp_workspace(K));
-    std::vector<int> iwork(nonneg_qp_index_workspace(K));
+    Scratch& scratch = thread_scratch();
+    double* work = at_least(scratch.work, nonneg_qp_workspace(K));
+    int* iwork = at_least(scratch.iwork, nonneg_qp_index_workspace(K));
     for (int64_t b = begin; b < end; ++b)
-      nonneg_qp_solve(M, Q + b * K, K, simplex, tol, max_iter, Z + b * K, work.data(), iwork.data());
+      nonneg_qp_solve(M, Q + b * K, K, simplex, tol, max_iter, Z + b * K, work, iwork);
   });
+}
+
+// t as a contiguous float64 tensor; checked here because .to() and .contiguous() cost a dispatch each even when
+// there is nothing to do, which shows at K = 16.
+at::Tensor contiguous_double(const at::Tensor& t) {
+  if (t.scalar_type() == at::kDouble && t.is_contiguous()) return t;
+  return t.to(at::kDouble).contiguous();
 }
 
 at::Tensor nonneg_qp_cpu(const at::Tensor& M, const at::Tensor& q, bool simplex, double tol, int64_t max_iter) {
@@ -37,33 +65,32 @@ at::Tensor nonneg_qp_cpu(const at::Tensor& M, const at::Tensor& q, bool simplex,
   return z.to(q.scalar_type());
 }
 
+}  // namespace
+
 at::Tensor qp_weights_cpu(const at::Tensor& gram, const std::optional<at::Tensor>& pref, c10::string_view method,
                           double regularization, double tol, int64_t max_iter) {
   const int64_t K = check_qp_weights_inputs(gram, pref, max_iter);
   const QpMethod kind = parse_qp_method(method);
-  const at::Tensor G = gram.to(at::kDouble).contiguous();
+  const at::Tensor G = contiguous_double(gram);
   at::Tensor u;
-  if (pref.has_value()) u = pref->to(at::kDouble).contiguous();
+  if (pref.has_value()) u = contiguous_double(*pref);
   const double* u_ptr = pref.has_value() ? u.const_data_ptr<double>() : nullptr;
   const int64_t B = qp_problem_count(kind, K);
-  // One buffer for M, the linear terms and the solutions: a single allocation per call.
-  std::vector<double> buffer(K * K + 2 * B * K);
-  double* M = buffer.data();
+  double* M = at_least(thread_scratch().problem, K * K + 2 * B * K);  // M, the linear terms, the solutions
   double* Q = M + K * K;
   double* Z = Q + B * K;
   const double* g = G.const_data_ptr<double>();
-  const double trace = gram_scale(g, K);
+  const double inverse_scale = gram_inverse_scale(g, K);
   for (int64_t i = 0; i < K; ++i)
-    for (int64_t j = 0; j < K; ++j) M[i * K + j] = normalized_gram_entry(g, K, trace, regularization, i, j);
+    for (int64_t j = 0; j < K; ++j) M[i * K + j] = normalized_gram_entry(g, K, inverse_scale, regularization, i, j);
   for (int64_t b = 0; b < B; ++b) qp_linear_term(kind, M, u_ptr, K, b, Q + b * K);
   solve_batch(M, Q, B, K, /*simplex=*/false, tol, max_iter, Z);
-  at::Tensor weights = at::empty({K}, G.options());
+  at::Tensor weights = at::detail::empty_cpu({K}, at::kDouble, std::nullopt, std::nullopt, std::nullopt,
+                                             std::nullopt);
   double* w = weights.data_ptr<double>();
   for (int64_t j = 0; j < K; ++j) w[j] = qp_weight(kind, Z, u_ptr, K, j);
   return weights;
 }
-
-}  // namespace
 
 TORCH_LIBRARY_FRAGMENT(mtl_fast, m) {
   // Batched min_z 1/2 z^T M z + q_b^T z s.t. z >= 0 (and sum(z) = 1 when simplex) for every row q_b of q (B, K),

@@ -19,45 +19,57 @@
 
 namespace mtl_fast {
 
-// Workspace of one problem: K*K for the factor of M_FF plus 4*K for the right-hand sides, M z and the
-// active-set method's target.
-MTL_HD inline int64_t nonneg_qp_workspace(int64_t K) { return K * K + 4 * K; }
+// Workspace of one problem: K*K for the factor of M_FF plus 5*K for the right-hand sides, M z, the active-set
+// method's target and the factor's reciprocal pivots.
+MTL_HD inline int64_t nonneg_qp_workspace(int64_t K) { return K * K + 5 * K; }
 // Integer workspace of one problem: the free flags, the list of free indices and the violation flags.
 MTL_HD inline int64_t nonneg_qp_index_workspace(int64_t K) { return 3 * K; }
 
 // Cholesky factor L (n x n, row-major, lower) of M restricted to the indices F[0..n). Pivots are floored at
 // `floor` > 0: for the positive definite M the solver is meant for the floor never binds; a singular M (a caller
 // that skipped the regularisation) then still gives finite answers instead of inf/nan.
+// Right-looking (each column updates the trailing block) rather than dot-product form: the updates of one step
+// are independent and contiguous, so they vectorise without reassociating sums, and each entry still subtracts
+// its terms in the order k = 0, 1, ..., as the dot-product form does. The reciprocal pivots go to inv_diag: the
+// column scaling and the triangular solves multiply instead of divide (divisions are slow and lie on the
+// critical path of problems this small). col: n scalars of scratch.
 template <typename scalar_t>
 MTL_HD void cholesky_on_subset(const scalar_t* M, int64_t K, const int* F, int64_t n, scalar_t floor,
-                               scalar_t* L) {
+                               scalar_t* L, scalar_t* inv_diag, scalar_t* col) {
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t k = 0; k <= i; ++k) L[i * n + k] = M[F[i] * K + F[k]];
   for (int64_t j = 0; j < n; ++j) {
-    const scalar_t* Lj = L + j * n;
-    scalar_t d = M[F[j] * K + F[j]];
-    for (int64_t k = 0; k < j; ++k) d -= Lj[k] * Lj[k];
+    const scalar_t d = L[j * n + j];
     const scalar_t pivot = std::sqrt(d > floor ? d : floor);  // also catches a NaN d
+    const scalar_t inv = scalar_t(1) / pivot;
     L[j * n + j] = pivot;
+    inv_diag[j] = inv;
+    for (int64_t i = j + 1; i < n; ++i) {
+      col[i] = L[i * n + j] * inv;
+      L[i * n + j] = col[i];
+    }
     for (int64_t i = j + 1; i < n; ++i) {
       scalar_t* Li = L + i * n;
-      scalar_t s = M[F[i] * K + F[j]];
-      for (int64_t k = 0; k < j; ++k) s -= Li[k] * Lj[k];
-      Li[j] = s / pivot;
+      const scalar_t c = col[i];
+      for (int64_t k = j + 1; k <= i; ++k) Li[k] -= c * col[k];
     }
   }
 }
 
-// x <- (L L^T)^{-1} x, in place (n values).
+// x <- (L L^T)^{-1} x, in place (n values). Both sweeps subtract one solved value from all the remaining ones
+// (axpy form): those updates are independent, so the sweep is not one long chain of dependent additions, and each
+// x[i] still receives its terms in the same order as in the dot-product form.
 template <typename scalar_t>
-MTL_HD void cholesky_solve(const scalar_t* L, int64_t n, scalar_t* x) {
-  for (int64_t i = 0; i < n; ++i) {
-    scalar_t s = x[i];
-    for (int64_t k = 0; k < i; ++k) s -= L[i * n + k] * x[k];
-    x[i] = s / L[i * n + i];
+MTL_HD void cholesky_solve(const scalar_t* L, const scalar_t* inv_diag, int64_t n, scalar_t* x) {
+  for (int64_t k = 0; k < n; ++k) {
+    x[k] *= inv_diag[k];
+    const scalar_t xk = x[k];
+    for (int64_t i = k + 1; i < n; ++i) x[i] -= L[i * n + k] * xk;
   }
   for (int64_t i = n - 1; i >= 0; --i) {
-    scalar_t s = x[i];
-    for (int64_t k = i + 1; k < n; ++k) s -= L[k * n + i] * x[k];
-    x[i] = s / L[i * n + i];
+    x[i] *= inv_diag[i];
+    const scalar_t xi = x[i];
+    for (int64_t k = 0; k < i; ++k) x[k] -= L[i * n + k] * xi;
   }
 }
 
@@ -82,6 +94,7 @@ struct QpState {
   scalar_t* x1;      // M_FF^{-1} (-q_F)
   scalar_t* x2;      // M_FF^{-1} 1_F (simplex only)
   scalar_t* Mz;
+  scalar_t* inv_diag;  // reciprocal pivots of L
   int* free;
   int* F;     // the free indices, in increasing order
   int* flip;  // the KKT violations, then the coordinates to move to the other set
@@ -94,14 +107,14 @@ MTL_HD scalar_t solve_on_free_set(const QpState<scalar_t>& s, scalar_t* y) {
   int64_t n = 0;
   for (int64_t i = 0; i < s.K; ++i)
     if (s.free[i]) s.F[n++] = static_cast<int>(i);
-  cholesky_on_subset(s.M, s.K, s.F, n, s.floor, s.L);
+  cholesky_on_subset(s.M, s.K, s.F, n, s.floor, s.L, s.inv_diag, s.x2);  // x2 is free until after
   for (int64_t a = 0; a < n; ++a) s.x1[a] = -s.q[s.F[a]];
-  cholesky_solve(s.L, n, s.x1);
+  cholesky_solve(s.L, s.inv_diag, n, s.x1);
   scalar_t lam = scalar_t(0);
   if (s.simplex) {
     scalar_t s1 = scalar_t(0), s2 = scalar_t(0);
     for (int64_t a = 0; a < n; ++a) s.x2[a] = scalar_t(1);
-    cholesky_solve(s.L, n, s.x2);
+    cholesky_solve(s.L, s.inv_diag, n, s.x2);
     for (int64_t a = 0; a < n; ++a) {
       s1 += s.x1[a];
       s2 += s.x2[a];
@@ -121,13 +134,15 @@ MTL_HD int64_t mark_kkt_violations(const QpState<scalar_t>& s, const scalar_t* z
                                    int64_t& last) {
   scalar_t z_scale = scalar_t(0), Mz_scale = scalar_t(0);
   for (int64_t i = 0; i < s.K; ++i) z_scale = max_of(z_scale, std::fabs(z[i]));
-  for (int64_t j = 0; j < s.K; ++j) {
-    scalar_t sum = scalar_t(0);
-    for (int64_t i = 0; i < s.K; ++i)
-      if (s.free[i]) sum += z[i] * s.M[i * s.K + j];  // z is 0 off the free set
-    s.Mz[j] = sum;
-    Mz_scale = max_of(Mz_scale, std::fabs(sum));
+  // M z row by row of M (M is symmetric): contiguous, and z is 0 off the free set, so those rows are skipped.
+  for (int64_t j = 0; j < s.K; ++j) s.Mz[j] = scalar_t(0);
+  for (int64_t i = 0; i < s.K; ++i) {
+    if (!s.free[i]) continue;
+    const scalar_t zi = z[i];
+    const scalar_t* Mi = s.M + i * s.K;
+    for (int64_t j = 0; j < s.K; ++j) s.Mz[j] += zi * Mi[j];
   }
+  for (int64_t j = 0; j < s.K; ++j) Mz_scale = max_of(Mz_scale, std::fabs(s.Mz[j]));
   const scalar_t z_bound = -tol * z_scale;
   const scalar_t m_bound = -tol * (s.q_scale + Mz_scale + scalar_t(1e-7) * scalar_t(s.K) * z_scale);
   int64_t count = 0;
@@ -223,7 +238,7 @@ template <typename scalar_t>
 MTL_HD void nonneg_qp_solve(const scalar_t* M, const scalar_t* q, int64_t K, bool simplex, scalar_t tol,
                             int64_t max_iter, scalar_t* z, scalar_t* work, int* iwork) {
   QpState<scalar_t> s{M, q, K, simplex, scalar_t(0), scalar_t(0), work, work + K * K, work + K * K + K,
-                      work + K * K + 2 * K, iwork, iwork + K, iwork + 2 * K};
+                      work + K * K + 2 * K, work + K * K + 4 * K, iwork, iwork + K, iwork + 2 * K};
   scalar_t diag_max = scalar_t(0);
   for (int64_t i = 0; i < K; ++i) {
     diag_max = max_of(diag_max, M[i * K + i]);
@@ -257,21 +272,21 @@ MTL_HD scalar_t qp_preference(const scalar_t* pref, int64_t K, int64_t i) {
   return pref != nullptr ? pref[i] : scalar_t(1) / scalar_t(K);
 }
 
-// trace(G) when it is positive, else 0, which normalized_gram_entry reads as "drop G": an all-zero G gives
-// M = regularization * I.
+// 1 / trace(G) when trace(G) is positive and finite, else 0, which normalized_gram_entry reads as "drop G": an
+// all-zero G gives M = regularization * I. A reciprocal, so that the K * K entries multiply instead of divide.
 template <typename scalar_t>
-MTL_HD scalar_t gram_scale(const scalar_t* G, int64_t K) {
+MTL_HD scalar_t gram_inverse_scale(const scalar_t* G, int64_t K) {
   scalar_t trace = scalar_t(0);
   for (int64_t i = 0; i < K; ++i) trace += G[i * K + i];
-  return trace > scalar_t(0) ? trace : scalar_t(0);
+  return trace > scalar_t(0) ? scalar_t(1) / trace : scalar_t(0);
 }
 
-// Entry (i, j) of M given gram_scale's value: the QPs' solutions do not depend on G's scale, so 1e-30- and
-// 1e30-sized gradients give the same well-scaled problem.
+// Entry (i, j) of M given gram_inverse_scale's value: the QPs' solutions do not depend on G's scale, so 1e-30-
+// and 1e30-sized gradients give the same well-scaled problem.
 template <typename scalar_t>
-MTL_HD scalar_t normalized_gram_entry(const scalar_t* G, int64_t K, scalar_t trace, scalar_t regularization,
-                                      int64_t i, int64_t j) {
-  const scalar_t scaled = trace > scalar_t(0) ? G[i * K + j] / trace : scalar_t(0);
+MTL_HD scalar_t normalized_gram_entry(const scalar_t* G, int64_t K, scalar_t inverse_scale,
+                                      scalar_t regularization, int64_t i, int64_t j) {
+  const scalar_t scaled = inverse_scale > scalar_t(0) ? G[i * K + j] * inverse_scale : scalar_t(0);
   return i == j ? scaled + regularization : scaled;
 }
 
