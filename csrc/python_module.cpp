@@ -5,6 +5,7 @@
 // about two more (argument boxing, dispatch keys, profiling hooks), so the eager CPU path of the aggregators calls
 // the kernel here instead (mtl_fast/_qp.py). torch.compile, other devices and tensor subclasses take the op.
 #include <Python.h>
+#include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
 
@@ -14,8 +15,26 @@
 
 namespace {
 
+// An ordinary CPU tensor with no dispatch mode active: only the CPU kernel and autograd/autocast bookkeeping
+// keys, none of the keys that mark a fake, functional, vmapped, batched-gradient or sparse tensor (those, and
+// any active TorchDispatchMode, must see an op call, so they take the dispatcher).
+bool is_plain_cpu(PyObject* obj) {
+  if (!THPVariable_Check(obj)) return false;
+  static const c10::DispatchKeySet plain{c10::DispatchKey::CPU, c10::DispatchKey::ADInplaceOrView,
+                                         c10::DispatchKey::AutogradCPU, c10::DispatchKey::AutocastCPU};
+  const c10::DispatchKeySet keys = THPVariable_Unpack(obj).key_set();
+  // keys within plain (set difference would keep the shared backend bits, so compare the union instead)
+  return keys.has(c10::DispatchKey::CPU) && (keys | plain) == plain &&
+         c10::impl::TorchDispatchModeTLS::stack_len() == 0;
+}
+
+PyObject* is_plain_cpu_tensor(PyObject* /*module*/, PyObject* obj) {
+  return PyBool_FromLong(is_plain_cpu(obj));
+}
+
 // qp_weights(gram: Tensor, pref: Optional[Tensor], method: str, regularization: float, tol: float,
-//            max_iter: int) -> Tensor, with the arguments of the op of the same name.
+//            max_iter: int) -> Tensor, with the arguments of the op of the same name; NotImplemented when gram or
+// pref is not a plain CPU tensor (the caller then calls the op).
 PyObject* qp_weights(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
   if (nargs != 6) {
@@ -26,14 +45,13 @@ PyObject* qp_weights(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nar
     PyErr_SetString(PyExc_TypeError, "gram: expected a Tensor");
     return nullptr;
   }
-  std::optional<at::Tensor> pref;
-  if (args[1] != Py_None) {
-    if (!THPVariable_Check(args[1])) {
-      PyErr_SetString(PyExc_TypeError, "pref: expected a Tensor or None");
-      return nullptr;
-    }
-    pref = THPVariable_Unpack(args[1]);
+  if (args[1] != Py_None && !THPVariable_Check(args[1])) {
+    PyErr_SetString(PyExc_TypeError, "pref: expected a Tensor or None");
+    return nullptr;
   }
+  if (!is_plain_cpu(args[0]) || (args[1] != Py_None && !is_plain_cpu(args[1]))) Py_RETURN_NOTIMPLEMENTED;
+  std::optional<at::Tensor> pref;
+  if (args[1] != Py_None) pref = THPVariable_Unpack(args[1]);
   Py_ssize_t method_size = 0;
   const char* method = PyUnicode_AsUTF8AndSize(args[2], &method_size);
   const double regularization = PyFloat_AsDouble(args[3]);
@@ -47,6 +65,8 @@ PyObject* qp_weights(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nar
 }
 
 PyMethodDef methods[] = {
+    {"is_plain_cpu_tensor", is_plain_cpu_tensor, METH_O,
+     "Whether the argument is an ordinary CPU tensor (no fake/functional/vmap wrapper, no dispatch mode)."},
     {"qp_weights", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(qp_weights)), METH_FASTCALL,
      "The CPU kernel of mtl_fast::qp_weights, called directly (no dispatcher)."},
     {nullptr, nullptr, 0, nullptr}};

@@ -53,12 +53,13 @@ def qp_weights(G: Tensor, pref: Optional[Tensor], method: str, regularization: f
     or None where G's device has no compiled kernel.
 
     Plain CPU tensors in eager mode go straight to the CPU kernel; everything else (torch.compile tracing, CUDA,
-    tensor subclasses such as fake tensors) goes through the op, so the dispatcher, fake kernels and torch.compile
-    see it as usual. Profilers and dispatch modes do not see the direct call.
+    fake, functional or vmapped tensors, an active dispatch mode) goes through the op, so the dispatcher, fake
+    kernels and torch.compile see it as usual. The profiler does not see the direct call.
     """
-    if (G.is_cpu and type(G) is Tensor and (pref is None or type(pref) is Tensor)
-            and not torch.compiler.is_compiling()):
-        return _QP_WEIGHTS_CPU(G, pref, method, regularization, tol, max_iter) if "cpu" in _DEVICES else None
+    if "cpu" in _DEVICES and not torch.compiler.is_compiling():
+        weights = _QP_WEIGHTS_CPU(G, pref, method, regularization, tol, max_iter)
+        if weights is not NotImplemented:
+            return weights
     if G.device.type in _DEVICES:
         return _QP_WEIGHTS(G, pref, method, regularization, tol, max_iter)
     return None

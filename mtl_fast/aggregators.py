@@ -331,6 +331,9 @@ class MGDA(GramAggregator):
 
     def weights(self, G: Tensor) -> Tensor:
         K = check_gram(G)
+        compiled = _compiled_qp_weights(G, K, "mgda")  # K = 2 included, in the same closed form
+        if compiled is not None:
+            return compiled
         if K == 2:
             G = G.double()
             gap = G[0, 0] + G[1, 1] - 2 * G[0, 1]
@@ -338,9 +341,6 @@ class MGDA(GramAggregator):
             first = torch.where(gap > 0, (G[1, 1] - G[0, 1]) / torch.where(gap > 0, gap, torch.ones_like(gap)),
                                 torch.full_like(gap, 0.5)).clamp(0.0, 1.0)
             return torch.stack([first, 1.0 - first])
-        compiled = _compiled_qp_weights(G, K, "mgda")
-        if compiled is not None:
-            return compiled
         M = _normalized_gram(G)
         # For positive definite M, the minimiser z of 1/2 z^T M z - sum(z) over z >= 0, normalised, is the simplex
         # minimiser (the KKT conditions map onto each other with lambda = 1 / sum(z)); this form pivots faster.

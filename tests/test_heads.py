@@ -119,6 +119,27 @@ class _Losses(nn.Module):
         return self.heads.losses(x, self.targets, self.kinds, reduction=self.reduction)
 
 
+@needs_kernel
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_backward_with_unit_and_other_loss_weights_and_twice(reduction):
+    """The all-ones upstream gradient (losses.sum()) reuses the saved gradient; other weights scale it. Either
+    way the gradients match the separate heads, also on a second backward through a retained graph."""
+    heads, x, ys = make()
+    linears = heads.to_linears()
+    for weights in (torch.ones(len(SIZES)), torch.tensor([2.0, -1.0, 0.0, 0.5])):
+        if reduction == "none":
+            weights = weights[:, None].expand(-1, x.shape[0])
+        weights = weights.double()
+        fused = heads.cross_entropy(x, ys, reduction=reduction)
+        looped = looped_losses(linears, x, ys, "cross_entropy", reduction)
+        for _ in range(2):  # the second pass reads the saved gradient again
+            expected = torch.autograd.grad((looped * weights).sum(), [x, *linears.parameters()], retain_graph=True)
+            got = torch.autograd.grad((fused * weights).sum(), [x, heads.weight, heads.bias], retain_graph=True)
+            assert torch.allclose(got[0], expected[0])
+            assert torch.allclose(got[1], torch.cat(expected[1::2]))
+            assert torch.allclose(got[2], torch.cat(expected[2::2]))
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_gradcheck_and_gradgradcheck(reduction):
     heads, x, ys = make(sizes=[3, 1, 2], D=3, B=4)

@@ -88,7 +88,7 @@ def test_active_set_fallback_settles_where_block_pivoting_does_not(torch_path):
 
 @needs_kernel
 @pytest.mark.parametrize("method", list(QP_METHODS))
-@pytest.mark.parametrize("K", [1, 3, 4, 16, 64])
+@pytest.mark.parametrize("K", [1, 2, 3, 4, 16, 64])
 def test_weights_match_torch_path(method, K, torch_path):
     for seed, rank, scale in ((0, None, 1.0), (1, max(1, K // 3), 1e-30), (2, None, 1e30), (3, 2, 1.0)):
         G = gram(K, rank, seed, scale)
@@ -129,6 +129,20 @@ def test_degenerate_grams(method, torch_path):
         assert (G.double() @ w).min() >= -1e-6 * G.double().trace() * (1 + w.abs().max()), case
     assert torch.equal(QP_METHODS[method]().weights(torch.ones(1, 1, dtype=torch.float64)),
                        torch.ones(1, dtype=torch.float64))
+
+
+@needs_kernel
+def test_mgda_pair_closed_form_in_the_kernel(torch_path):
+    """K = 2 MGDA: the kernel's closed form equals the torch path's, on ordinary and degenerate pairs."""
+    pairs = {"ordinary": gram(2), "zero": torch.zeros(2, 2), "identical": torch.ones(2, 2),
+             "opposite": torch.tensor([[1.0, -1.0], [-1.0, 1.0]]), "one zero": torch.tensor([[4.0, 0.0], [0.0, 0.0]]),
+             "tiny": 1e-30 * gram(2), "huge": 1e30 * gram(2), "nan": torch.full((2, 2), float("nan"))}
+    for case, G in pairs.items():
+        w = mf.MGDA().weights(G)
+        assert torch.equal(w, torch_path(mf.MGDA().weights, G)), case
+        assert w.sum() == 1 and (w >= 0).all(), case
+    assert torch.equal(mf.MGDA().weights(torch.tensor([[4.0, 0.0], [0.0, 1.0]])),
+                       torch.tensor([0.2, 0.8], dtype=torch.float64))
 
 
 @needs_kernel
@@ -200,6 +214,10 @@ def test_direct_cpu_call_equals_the_op():
         direct([[1.0]], None, "mgda", 1e-6, 1e-9, 5)
     with pytest.raises(TypeError, match="pref: expected a Tensor or None"):
         direct(G, [1.0], "mgda", 1e-6, 1e-9, 5)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    assert direct(FakeTensorMode().from_tensor(G), None, "mgda", 1e-6, 1e-9, 5) is NotImplemented
+    assert direct(G, FakeTensorMode().from_tensor(torch.ones(16)), "mgda", 1e-6, 1e-9, 5) is NotImplemented
+    assert direct(G.to_sparse(), None, "mgda", 1e-6, 1e-9, 5) is NotImplemented
     with pytest.raises(TypeError, match="expected 6 arguments"):
         direct(G, None, "mgda")
     with pytest.raises(TypeError):
@@ -208,20 +226,39 @@ def test_direct_cpu_call_equals_the_op():
 
 @needs_kernel
 def test_direct_call_only_for_plain_eager_cpu_tensors(monkeypatch):
-    """Fake tensors (torch.compile, opcheck) and compiled regions take the op, so they are traced as usual."""
+    """Fake tensors, vmap, dispatch modes and torch.compile take the op, so they see it as usual."""
     from torch._subclasses.fake_tensor import FakeTensorMode
-    calls = []
-    monkeypatch.setattr(_qp, "_QP_WEIGHTS_CPU", lambda *args: calls.append("direct") or op(*args))
-    op = torch.ops.mtl_fast.qp_weights.default
+    from torch.utils._python_dispatch import TorchDispatchMode
+    direct, calls = _qp._QP_WEIGHTS_CPU, []
+
+    def spy(*args):
+        out = direct(*args)
+        calls.append("declined" if out is NotImplemented else "direct")
+        return out
+
+    monkeypatch.setattr(_qp, "_QP_WEIGHTS_CPU", spy)
     G = gram(4)
-    mf.MGDA().weights(G)
+    expected = mf.MGDA().weights(G)
     assert calls == ["direct"]
     with FakeTensorMode() as mode:
-        w = mf.MGDA().weights(mode.from_tensor(G))
-    assert calls == ["direct"] and w.shape == (4,)
+        assert mf.MGDA().weights(mode.from_tensor(G)).shape == (4,)
+    assert calls[-1] == "declined"
+    assert torch.equal(torch.vmap(mf.MGDA().weights)(torch.stack([G, 2 * G])), torch.stack([expected] * 2))
+    assert calls[-1] == "declined"
+
+    class Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    seen = []
+    with Recorder():
+        mf.DualProj().weights(G)
+    assert "mtl_fast.qp_weights.default" in seen and calls[-1] == "declined"
+    calls.clear()
     compiled = torch.compile(lambda G: mf.UPGrad().weights(G), backend="eager", fullgraph=True)
-    assert torch.allclose(compiled(G), mf.UPGrad().weights(G), rtol=0, atol=0)
-    assert calls == ["direct", "direct"]  # the eager call only
+    assert torch.equal(compiled(G), mf.UPGrad().weights(G))
+    assert calls == ["direct"]  # the eager call only: the compiled function calls the op
 
 
 # --- CUDA: the same source on the device --------------------------------------------------------------------------

@@ -75,6 +75,13 @@ at::Tensor qp_weights_cpu(const at::Tensor& gram, const std::optional<at::Tensor
   at::Tensor u;
   if (pref.has_value()) u = contiguous_double(*pref);
   const double* u_ptr = pref.has_value() ? u.const_data_ptr<double>() : nullptr;
+  at::Tensor weights = at::detail::empty_cpu({K}, at::kDouble, std::nullopt, std::nullopt, std::nullopt,
+                                             std::nullopt);
+  double* w = weights.data_ptr<double>();
+  if (qp_has_closed_form(kind, K)) {
+    for (int64_t j = 0; j < K; ++j) w[j] = qp_closed_form_weight(G.const_data_ptr<double>(), j);
+    return weights;
+  }
   const int64_t B = qp_problem_count(kind, K);
   double* M = at_least(thread_scratch().problem, K * K + 2 * B * K);  // M, the linear terms, the solutions
   double* Q = M + K * K;
@@ -85,9 +92,6 @@ at::Tensor qp_weights_cpu(const at::Tensor& gram, const std::optional<at::Tensor
     for (int64_t j = 0; j < K; ++j) M[i * K + j] = normalized_gram_entry(g, K, inverse_scale, regularization, i, j);
   for (int64_t b = 0; b < B; ++b) qp_linear_term(kind, M, u_ptr, K, b, Q + b * K);
   solve_batch(M, Q, B, K, /*simplex=*/false, tol, max_iter, Z);
-  at::Tensor weights = at::detail::empty_cpu({K}, at::kDouble, std::nullopt, std::nullopt, std::nullopt,
-                                             std::nullopt);
-  double* w = weights.data_ptr<double>();
   for (int64_t j = 0; j < K; ++j) w[j] = qp_weight(kind, Z, u_ptr, K, j);
   return weights;
 }

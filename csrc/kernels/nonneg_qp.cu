@@ -38,6 +38,10 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t j = threadIdx.x; j < K; j += blockDim.x) weights[j] = qp_weight(method, Z, pref, K, j);
 }
 
+__global__ void __launch_bounds__(kThreads) qp_closed_form_kernel(const double* G, int64_t K, double* weights) {
+  for (int64_t j = threadIdx.x; j < K; j += blockDim.x) weights[j] = qp_closed_form_weight(G, j);
+}
+
 }  // namespace
 
 void nonneg_qp_launch(const double* M, const double* Q, int64_t B, int64_t K, bool simplex, double tol,
@@ -49,6 +53,10 @@ void nonneg_qp_launch(const double* M, const double* Q, int64_t B, int64_t K, bo
 void qp_weights_launch(const double* G, const double* pref, int64_t K, QpMethod method, double regularization,
                        double tol, int64_t max_iter, double* M, double* Q, double* Z, double* work, int* iwork,
                        double* weights, cudaStream_t stream) {
+  if (qp_has_closed_form(method, K)) {
+    qp_closed_form_kernel<<<1, kThreads, 0, stream>>>(G, K, weights);
+    return;
+  }
   qp_prepare_kernel<<<1, kThreads, 0, stream>>>(G, pref, K, method, regularization, M, Q);
   nonneg_qp_launch(M, Q, qp_problem_count(method, K), K, /*simplex=*/false, tol, max_iter, Z, work, iwork,
                    stream);

@@ -307,6 +307,22 @@ MTL_HD void qp_linear_term(QpMethod method, const scalar_t* M, const scalar_t* p
   }
 }
 
+// MGDA with two tasks has a closed form (Sener & Koltun 2018, Algorithm 2), taken on G itself:
+// w_1 = clip((G22 - G12) / (G11 + G22 - 2 G12), 0, 1), w_2 = 1 - w_1; identical or all-zero gradients (a gap
+// that is not positive, or NaN) take the middle.
+MTL_HD inline bool qp_has_closed_form(QpMethod method, int64_t K) { return method == QpMethod::kMinNorm && K == 2; }
+
+template <typename scalar_t>
+MTL_HD scalar_t qp_closed_form_weight(const scalar_t* G, int64_t j) {
+  const scalar_t gap = G[0] + G[3] - scalar_t(2) * G[1];
+  scalar_t first = scalar_t(0.5);
+  if (gap > scalar_t(0)) {
+    first = (G[3] - G[1]) / gap;
+    first = first < scalar_t(0) ? scalar_t(0) : (first > scalar_t(1) ? scalar_t(1) : first);
+  }
+  return j == 0 ? first : scalar_t(1) - first;
+}
+
 // Weight j from the problems' solutions Z (qp_problem_count x K, row-major).
 template <typename scalar_t>
 MTL_HD scalar_t qp_weight(QpMethod method, const scalar_t* Z, const scalar_t* pref, int64_t K, int64_t j) {
