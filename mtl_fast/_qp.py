@@ -2,8 +2,9 @@
 
 ``nonneg_qp`` is the batched solver behind :func:`mtl_fast.aggregators.solve_nonnegative_qp`; ``qp_weights`` is
 the whole ``weights(G)`` of MGDA, DualProj and UPGrad in one op (normalisation, QPs and final weights), because at
-K = 16 every extra torch op around the solve would cost more than the solve itself. Callers check
-:func:`has_kernel` and otherwise take the torch-ops solver; arguments arrive validated.
+K = 16 every extra torch op around the solve would cost more than the solve itself. ``qp_weights`` returns None
+where no kernel serves G's device, and callers of ``nonneg_qp`` check :func:`has_kernel`; either way they then take
+the torch-ops solver. Arguments arrive validated.
 """
 from __future__ import annotations
 
