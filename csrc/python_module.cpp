@@ -6,6 +6,9 @@
 // aggregators calls the kernel here instead (mtl_fast/_qp.py). torch.compile, other devices, tensor subclasses,
 // vmap and dispatch modes take the op.
 #include <Python.h>
+#include <ATen/PythonTorchFunctionTLS.h>
+#include <c10/core/GradMode.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
@@ -16,17 +19,25 @@
 
 namespace {
 
-// An ordinary CPU tensor with no dispatch mode active: only the CPU kernel and autograd/autocast bookkeeping
-// keys, none of the keys that mark a fake, functional, vmapped, batched-gradient or sparse tensor (those, and
-// any active TorchDispatchMode, must see an op call, so they take the dispatcher).
+// An exact torch.Tensor on the CPU that nothing around the call wants to see an op for:
+//  - its dispatch keys are only the CPU kernel's and autograd/autocast bookkeeping (no fake, functional, vmapped,
+//    batched-gradient or sparse tensor);
+//  - it needs no gradient (the op path would record one);
+//  - the thread adds no dispatch keys of its own (the JIT tracer, functorch layers);
+//  - no TorchDispatchMode or TorchFunctionMode is active, and it is no subclass with __torch_function__.
+// Every other case goes through the dispatcher, where tracing, modes and autograd see the op.
 bool is_plain_cpu(PyObject* obj) {
-  if (!THPVariable_Check(obj)) return false;
-  static const c10::DispatchKeySet plain{c10::DispatchKey::CPU, c10::DispatchKey::ADInplaceOrView,
-                                         c10::DispatchKey::AutogradCPU, c10::DispatchKey::AutocastCPU};
-  const c10::DispatchKeySet keys = THPVariable_Unpack(obj).key_set();
-  // keys within plain (set difference would keep the shared backend bits, so compare the union instead)
-  return keys.has(c10::DispatchKey::CPU) && (keys | plain) == plain &&
-         c10::impl::TorchDispatchModeTLS::stack_len() == 0;
+  if (!THPVariable_CheckExact(obj)) return false;
+  static const c10::DispatchKeySet plain_tensor{c10::DispatchKey::CPU, c10::DispatchKey::ADInplaceOrView,
+                                                c10::DispatchKey::AutogradCPU, c10::DispatchKey::AutocastCPU};
+  static const c10::DispatchKeySet plain_thread{c10::DispatchKey::BackendSelect, c10::DispatchKey::ADInplaceOrView};
+  const at::Tensor& t = THPVariable_Unpack(obj);
+  const c10::DispatchKeySet keys = t.key_set();
+  // "within the set": a set difference would keep the shared backend bits, so compare the union instead
+  return keys.has(c10::DispatchKey::CPU) && (keys | plain_tensor) == plain_tensor &&
+         !(t.requires_grad() && c10::GradMode::is_enabled()) &&
+         (c10::impl::tls_local_dispatch_key_set().included_ | plain_thread) == plain_thread &&
+         c10::impl::TorchDispatchModeTLS::stack_len() == 0 && !at::impl::torch_function_mode_enabled();
 }
 
 PyObject* is_plain_cpu_tensor(PyObject* /*module*/, PyObject* obj) {
@@ -53,12 +64,16 @@ PyObject* qp_weights(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nar
   if (!is_plain_cpu(args[0]) || (args[1] != Py_None && !is_plain_cpu(args[1]))) Py_RETURN_NOTIMPLEMENTED;
   std::optional<at::Tensor> pref;
   if (args[1] != Py_None) pref = THPVariable_Unpack(args[1]);
+  // A str, two floats and an int; each conversion is checked before the next may run Python code.
   Py_ssize_t method_size = 0;
   const char* method = PyUnicode_AsUTF8AndSize(args[2], &method_size);
+  if (method == nullptr) return nullptr;
   const double regularization = PyFloat_AsDouble(args[3]);
+  if (regularization == -1.0 && PyErr_Occurred()) return nullptr;
   const double tol = PyFloat_AsDouble(args[4]);
+  if (tol == -1.0 && PyErr_Occurred()) return nullptr;
   const long long max_iter = PyLong_AsLongLong(args[5]);
-  if (PyErr_Occurred()) return nullptr;  // a str, two floats and an int were not what came
+  if (max_iter == -1 && PyErr_Occurred()) return nullptr;
   return THPVariable_Wrap(mtl_fast::qp_weights_cpu(THPVariable_Unpack(args[0]), pref,
                                                    c10::string_view(method, method_size), regularization, tol,
                                                    max_iter));
@@ -67,7 +82,7 @@ PyObject* qp_weights(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nar
 
 PyMethodDef methods[] = {
     {"is_plain_cpu_tensor", is_plain_cpu_tensor, METH_O,
-     "Whether the argument is an ordinary CPU tensor (no fake/functional/vmap wrapper, no dispatch mode)."},
+     "Whether the argument is an ordinary CPU tensor that no tracer, mode, wrapper or autograd needs to see."},
     {"qp_weights", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(qp_weights)), METH_FASTCALL,
      "The CPU kernel of mtl_fast::qp_weights, called directly (no dispatcher)."},
     {nullptr, nullptr, 0, nullptr}};

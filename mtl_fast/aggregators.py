@@ -331,7 +331,10 @@ class MGDA(GramAggregator):
 
     def weights(self, G: Tensor) -> Tensor:
         K = check_gram(G)
-        compiled = _compiled_qp_weights(G, K, "mgda")  # K = 2 included, in the same closed form
+        # The compiled op (K = 2 included, in the same closed form) is not differentiable; the torch-ops closed
+        # form is, so a pair that asks for gradients gets it.
+        differentiable_pair = K == 2 and G.requires_grad and torch.is_grad_enabled()
+        compiled = None if differentiable_pair else _compiled_qp_weights(G, K, "mgda")
         if compiled is not None:
             return compiled
         if K == 2:

@@ -1,4 +1,6 @@
 """The compiled nonnegative-QP ops (csrc/kernels/nonneg_qp.h) against the torch-ops solver and the reference."""
+import warnings
+
 import pytest
 import torch
 
@@ -90,7 +92,8 @@ def test_active_set_fallback_settles_where_block_pivoting_does_not(torch_path):
 @pytest.mark.parametrize("method", list(QP_METHODS))
 @pytest.mark.parametrize("K", [1, 2, 3, 4, 16, 64])
 def test_weights_match_torch_path(method, K, torch_path):
-    for seed, rank, scale in ((0, None, 1.0), (1, max(1, K // 3), 1e-30), (2, None, 1e30), (3, 2, 1.0)):
+    for seed, rank, scale in ((0, None, 1.0), (1, max(1, K // 3), 1e-30), (2, None, 1e30), (3, 2, 1.0),
+                              (4, None, 1e-310)):  # a trace whose reciprocal overflows
         G = gram(K, rank, seed, scale)
         agg = QP_METHODS[method]()
         w = agg.weights(G)
@@ -143,6 +146,13 @@ def test_mgda_pair_closed_form_in_the_kernel(torch_path):
         assert w.sum() == 1 and (w >= 0).all(), case
     assert torch.equal(mf.MGDA().weights(torch.tensor([[4.0, 0.0], [0.0, 1.0]])),
                        torch.tensor([0.2, 0.8], dtype=torch.float64))
+    # a pair that needs gradients gets the differentiable torch-ops closed form
+    G = gram(2).requires_grad_()
+    w = mf.MGDA().weights(G)
+    w[0].backward()
+    expected = G.detach().clone().requires_grad_()
+    torch_path(mf.MGDA().weights, expected)[0].backward()
+    assert torch.equal(w.detach(), mf.MGDA().weights(G.detach())) and torch.equal(G.grad, expected.grad)
 
 
 @needs_kernel
@@ -223,11 +233,25 @@ def test_direct_cpu_call_equals_the_op():
     with pytest.raises(TypeError):
         direct(G, None, "mgda", "1e-6", 1e-9, 5)
 
+    class Number:  # a conversion that runs Python code after an earlier argument already failed
+        def __float__(self):
+            return 1.0
+
+    with pytest.raises(TypeError):
+        direct(G, None, None, Number(), 1e-9, 5)
+    # tensors that need a gradient take the op (which records one); without grad mode they need not
+    assert direct(G.clone().requires_grad_(), None, "mgda", 1e-6, 1e-9, 5) is NotImplemented
+    with torch.no_grad():
+        assert torch.equal(direct(G.clone().requires_grad_(), None, "mgda", 1e-6, 1e-9, 5),
+                           direct(G, None, "mgda", 1e-6, 1e-9, 5))
+    assert direct(torch.nn.Parameter(G), None, "mgda", 1e-6, 1e-9, 5) is NotImplemented  # a subclass
+
 
 @needs_kernel
 def test_direct_call_only_for_plain_eager_cpu_tensors(monkeypatch):
     """Fake tensors, vmap, dispatch modes and torch.compile take the op, so they see it as usual."""
     from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.overrides import TorchFunctionMode
     from torch.utils._python_dispatch import TorchDispatchMode
     direct, calls = _qp._QP_WEIGHTS_CPU, []
 
@@ -246,15 +270,24 @@ def test_direct_call_only_for_plain_eager_cpu_tensors(monkeypatch):
     assert torch.equal(torch.vmap(mf.MGDA().weights)(torch.stack([G, 2 * G])), torch.stack([expected] * 2))
     assert calls[-1] == "declined"
 
-    class Recorder(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            seen.append(str(func))
-            return func(*args, **(kwargs or {}))
+    def record(self, func, types, args=(), kwargs=None):
+        seen.append(str(func))
+        return func(*args, **(kwargs or {}))
 
-    seen = []
-    with Recorder():
-        mf.DualProj().weights(G)
-    assert "mtl_fast.qp_weights.default" in seen and calls[-1] == "declined"
+    # dispatch modes and torch-function modes both see the op
+    for base, hook in ((TorchDispatchMode, "__torch_dispatch__"), (TorchFunctionMode, "__torch_function__")):
+        seen = []
+        with type("Recorder", (base,), {hook: record})():
+            mf.DualProj().weights(G)
+        assert "mtl_fast.qp_weights.default" in seen and calls[-1] == "declined", base
+    # the JIT tracer records the op, so the trace follows its input instead of freezing the weights
+    J, J2 = torch.randn(4, 6, dtype=torch.float64), torch.randn(4, 6, dtype=torch.float64)
+    before = len(calls)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(lambda J: mf.UPGrad().weights(J @ J.T) @ J, (J,))
+    assert calls[before] == "declined"  # while tracing (trace's own check then reruns it eagerly)
+    assert torch.allclose(traced(J2), mf.UPGrad().weights(J2 @ J2.T) @ J2)
     calls.clear()
     compiled = torch.compile(lambda G: mf.UPGrad().weights(G), backend="eager", fullgraph=True)
     assert torch.equal(compiled(G), mf.UPGrad().weights(G))

@@ -87,9 +87,11 @@ at::Tensor qp_weights_cpu(const at::Tensor& gram, const std::optional<at::Tensor
   double* Q = M + K * K;
   double* Z = Q + B * K;
   const double* g = G.const_data_ptr<double>();
-  const double inverse_scale = gram_inverse_scale(g, K);
+  const double trace = gram_scale(g, K);
+  const double inverse_trace = 1.0 / trace;
   for (int64_t i = 0; i < K; ++i)
-    for (int64_t j = 0; j < K; ++j) M[i * K + j] = normalized_gram_entry(g, K, inverse_scale, regularization, i, j);
+    for (int64_t j = 0; j < K; ++j)
+      M[i * K + j] = normalized_gram_entry(g, K, trace, inverse_trace, regularization, i, j);
   for (int64_t b = 0; b < B; ++b) qp_linear_term(kind, M, u_ptr, K, b, Q + b * K);
   solve_batch(M, Q, B, K, /*simplex=*/false, tol, max_iter, Z);
   for (int64_t j = 0; j < K; ++j) w[j] = qp_weight(kind, Z, u_ptr, K, j);

@@ -25,9 +25,10 @@ __global__ void __launch_bounds__(kThreads)
 __global__ void __launch_bounds__(kThreads)
     qp_prepare_kernel(const double* G, const double* pref, int64_t K, QpMethod method, double regularization,
                       double* M, double* Q) {
-  const double inverse_scale = gram_inverse_scale(G, K);
+  const double trace = gram_scale(G, K);
+  const double inverse_trace = 1.0 / trace;
   for (int64_t e = threadIdx.x; e < K * K; e += blockDim.x)
-    M[e] = normalized_gram_entry(G, K, inverse_scale, regularization, e / K, e % K);
+    M[e] = normalized_gram_entry(G, K, trace, inverse_trace, regularization, e / K, e % K);
   __syncthreads();
   for (int64_t b = threadIdx.x; b < qp_problem_count(method, K); b += blockDim.x)
     qp_linear_term(method, M, pref, K, b, Q + b * K);

@@ -57,8 +57,8 @@ MTL_HD void cholesky_on_subset(const scalar_t* M, int64_t K, const int* F, int64
 }
 
 // x <- (L L^T)^{-1} x, in place (n values). Both sweeps subtract one solved value from all the remaining ones
-// (axpy form): those updates are independent, so the sweep is not one long chain of dependent additions, and each
-// x[i] still receives its terms in the same order as in the dot-product form.
+// (axpy form): those updates are independent, so the sweep is not one long chain of dependent additions. (The
+// backward sweep adds each x[k]'s terms in decreasing index order, which only changes rounding.)
 template <typename scalar_t>
 MTL_HD void cholesky_solve(const scalar_t* L, const scalar_t* inv_diag, int64_t n, scalar_t* x) {
   for (int64_t k = 0; k < n; ++k) {
@@ -272,21 +272,25 @@ MTL_HD scalar_t qp_preference(const scalar_t* pref, int64_t K, int64_t i) {
   return pref != nullptr ? pref[i] : scalar_t(1) / scalar_t(K);
 }
 
-// 1 / trace(G) when trace(G) is positive and finite, else 0, which normalized_gram_entry reads as "drop G": an
-// all-zero G gives M = regularization * I. A reciprocal, so that the K * K entries multiply instead of divide.
+// trace(G) when it is positive, else 0, which normalized_gram_entry reads as "drop G": an all-zero G gives
+// M = regularization * I.
 template <typename scalar_t>
-MTL_HD scalar_t gram_inverse_scale(const scalar_t* G, int64_t K) {
+MTL_HD scalar_t gram_scale(const scalar_t* G, int64_t K) {
   scalar_t trace = scalar_t(0);
   for (int64_t i = 0; i < K; ++i) trace += G[i * K + i];
-  return trace > scalar_t(0) ? scalar_t(1) / trace : scalar_t(0);
+  return trace > scalar_t(0) ? trace : scalar_t(0);
 }
 
-// Entry (i, j) of M given gram_inverse_scale's value: the QPs' solutions do not depend on G's scale, so 1e-30-
-// and 1e30-sized gradients give the same well-scaled problem.
+// Entry (i, j) of M given gram_scale's value and its reciprocal: the QPs' solutions do not depend on G's scale,
+// so 1e-30- and 1e30-sized gradients give the same well-scaled problem. The entries are multiplied by the
+// reciprocal (K * K divisions would cost more than a small solve), except where it overflows, for a trace
+// below ~5.6e-309, whose entries are divided instead.
 template <typename scalar_t>
-MTL_HD scalar_t normalized_gram_entry(const scalar_t* G, int64_t K, scalar_t inverse_scale,
+MTL_HD scalar_t normalized_gram_entry(const scalar_t* G, int64_t K, scalar_t trace, scalar_t inverse_trace,
                                       scalar_t regularization, int64_t i, int64_t j) {
-  const scalar_t scaled = inverse_scale > scalar_t(0) ? G[i * K + j] * inverse_scale : scalar_t(0);
+  scalar_t scaled = scalar_t(0);
+  if (trace > scalar_t(0))
+    scaled = inverse_trace - inverse_trace == scalar_t(0) ? G[i * K + j] * inverse_trace : G[i * K + j] / trace;
   return i == j ? scaled + regularization : scaled;
 }
 
