@@ -95,8 +95,8 @@ class GradientReducer:
 
     Construct it, feed it every row with :meth:`add_row` (row k: one gradient per parameter this rank reaches,
     ``shared`` then ``others``, as soon as it exists), then read the sums with :meth:`shared_sums` and
-    :meth:`other_sums` and write the combined gradients with :meth:`accumulate`. Nothing is written to any ``.grad`` before every
-    collective has completed, so a failed or timed-out collective leaves the gradients as they were.
+    :meth:`other_sums` and write the combined gradients with :meth:`accumulate`. Nothing is written to any ``.grad``
+    before every collective has completed, so a failed or timed-out collective leaves the gradients as they were.
 
     Args:
         shared: the shared parameters, identical (same order, shapes, dtypes) on every rank.

@@ -224,8 +224,8 @@ class FAMO(LossWeighting):
     task k's loss, default 0), i.e. loss weights w_k = (z_k / (L_k - m_k + eps)) / sum_i (z_i / (L_i - m_i + eps))
     (they sum to 1 up to the loss scale: the gradient equals the paper's). After the optimiser step call
     :meth:`update` with the new losses: the logits follow the gradient delta^T dz/dxi of the log-loss decrease
-    delta = log(L_old) - log(L_new), with Adam (lr ``w_lr``, L2 weight decay ``gamma``), as the official code does. The paper re-evaluates the same batch for L_new; the next batch's losses are a common,
-    cheaper stand-in.
+    delta = log(L_old) - log(L_new), with Adam (lr ``w_lr``, L2 weight decay ``gamma``), as the official code does.
+    The paper re-evaluates the same batch for L_new; the next batch's losses are a common, cheaper stand-in.
 
     Args:
         num_tasks: K >= 1.
