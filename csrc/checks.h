@@ -3,6 +3,9 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <vector>
+
 namespace mtl_fast {
 
 // Validates a Jacobian given as chunks of shape (K, ...) and returns K.
@@ -56,6 +59,21 @@ inline int64_t check_pcgrad_inputs(const at::Tensor& gram, const at::Tensor& ord
   TORCH_CHECK(orders.device() == gram.device(), "orders: is on ", orders.device(), " but gram is on ",
               gram.device());
   return K;
+}
+
+// Row i of orders must list every task except i exactly once; anything else is not PCGrad (nor GradVac).
+inline void check_orders_are_permutations(const int64_t* orders, int64_t K) {
+  std::vector<int64_t> seen(K);
+  for (int64_t i = 0; i < K; ++i) {
+    std::fill(seen.begin(), seen.end(), 0);
+    for (int64_t s = 0; s + 1 < K; ++s) {
+      const int64_t j = orders[i * (K - 1) + s];
+      TORCH_CHECK(j >= 0 && j < K && j != i && !seen[j], "orders: row ", i,
+                  " must be a permutation of the other tasks {0..", K - 1, "} \\ {", i, "}, found ", j,
+                  " at position ", s);
+      seen[j] = 1;
+    }
+  }
 }
 
 }  // namespace mtl_fast

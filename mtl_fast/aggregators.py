@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import Tensor
 
-from . import _ops, _qp
+from . import _gradvac_op, _ops, _qp
 from ._checks import as_float_tensor, check_gram
 
 __all__ = ["Aggregator", "GramAggregator", "Sum", "Mean", "Weighted", "PCGrad", "draw_pcgrad_orders",
@@ -507,6 +507,9 @@ class GradVac(GramAggregator):
     Cosines come from G: g_i' = sum_a C[i, a] g_a has |g_i'|^2 = C_i G C_i^T and g_i' . g_j = (C G)[i, j].
     A zero gradient, or a target of exactly +-1, skips the correction (TorchJD adds eps = 1e-8 to the
     denominators instead, which makes the step depend on the gradients' scale). Scale invariant in G.
+    On the CPU one compiled op runs the K rows' recurrences (csrc/kernels/gradvac.h, O(K^2) per row); elsewhere
+    the same steps run as torch ops over all rows at once. The two agree to rounding (the op keeps |g_i'|^2 up
+    to date instead of recomputing it).
 
     Args:
         beta: EMA rate in [0, 1] (paper: 1e-2 for its largest models; default 0.5 as in TorchJD).
@@ -547,6 +550,11 @@ class GradVac(GramAggregator):
         if self.phi_hat is None or self.phi_hat.shape[0] != K:
             self.phi_hat = torch.zeros(K, K, dtype=G.dtype, device=G.device)
         phi_hat = self.phi_hat.to(G.device)
+        compiled = _gradvac_op.gradvac_weights(G, orders, phi_hat, self.beta)
+        if compiled is not None:
+            weights, self.phi_hat = compiled
+            return weights
+        # The same step in torch ops, every task at once (one row of C per task; kernels/gradvac.h per row).
         rows = torch.arange(K, device=G.device)
         C = torch.eye(K, dtype=G.dtype, device=G.device)
         norm_j_all = G.diagonal().clamp_min(0.0).sqrt()

@@ -44,3 +44,13 @@ def origin_batch(K: int = 3, batch: int = 8, seed: int = 0):
 
 def grads_of(params) -> List[Tensor]:
     return [None if p.grad is None else p.grad.clone() for p in params]
+
+
+def without_compiled_kernel(monkeypatch, module):
+    """A runner that calls fn(*args) with ``module``'s compiled op switched off (its ``_DEVICES`` emptied), as on a
+    device or install without it: the torch-ops path the kernel is checked against."""
+    def run(fn, *args, **kwargs):
+        with monkeypatch.context() as m:
+            m.setattr(module, "_DEVICES", frozenset())
+            return fn(*args, **kwargs)
+    return run

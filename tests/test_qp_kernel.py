@@ -9,6 +9,8 @@ from mtl_fast import _qp
 from mtl_fast import reference as ref
 from mtl_fast.aggregators import QP_REGULARIZATION, QP_TOLERANCE, _normalized_gram, solve_nonnegative_qp
 
+from helpers import without_compiled_kernel
+
 needs_kernel = pytest.mark.skipif(not _qp.has_kernel("cpu"), reason="compiled QP ops not built")
 QP_METHODS = {"mgda": mf.MGDA, "dualproj": mf.DualProj, "upgrad": mf.UPGrad}
 
@@ -25,11 +27,7 @@ def gram(K, rank=None, seed=0, scale=1.0):
 @pytest.fixture
 def torch_path(monkeypatch):
     """Runs its body on the torch-ops solver, as on a device without the compiled ops."""
-    def run(fn, *args, **kwargs):
-        with monkeypatch.context() as m:
-            m.setattr(_qp, "_DEVICES", frozenset())
-            return fn(*args, **kwargs)
-    return run
+    return without_compiled_kernel(monkeypatch, _qp)
 
 
 def kkt_violation(M, q, z, simplex=False):

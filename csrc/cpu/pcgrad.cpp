@@ -9,21 +9,6 @@
 namespace mtl_fast {
 namespace {
 
-// Row i of orders must list every task except i exactly once; anything else is not PCGrad.
-void check_orders_are_permutations(const int64_t* orders, int64_t K) {
-  std::vector<int64_t> seen(K);
-  for (int64_t i = 0; i < K; ++i) {
-    std::fill(seen.begin(), seen.end(), 0);
-    for (int64_t s = 0; s + 1 < K; ++s) {
-      const int64_t j = orders[i * (K - 1) + s];
-      TORCH_CHECK(j >= 0 && j < K && j != i && !seen[j], "orders: row ", i,
-                  " must be a permutation of the other tasks {0..", K - 1, "} \\ {", i, "}, found ", j,
-                  " at position ", s);
-      seen[j] = 1;
-    }
-  }
-}
-
 at::Tensor pcgrad_weights_cpu(const at::Tensor& gram, const at::Tensor& orders) {
   const int64_t K = check_pcgrad_inputs(gram, orders);
   const at::Tensor G = gram.to(at::kDouble).contiguous();
