@@ -17,6 +17,7 @@
 #include <utility>
 
 #include "cpu/nonneg_qp.h"
+#include "kernels/nonneg_qp.h"
 
 namespace {
 
@@ -41,6 +42,15 @@ bool is_plain_cpu(PyObject* obj) {
          c10::impl::TorchDispatchModeTLS::stack_len() == 0 && !at::impl::torch_function_mode_enabled();
 }
 
+// A square floating gram with K >= 1 and no pref or a floating (K,) one: what the op accepts.
+bool is_well_formed(const at::Tensor& gram, const std::optional<at::Tensor>& pref) {
+  if (gram.dim() != 2 || gram.size(0) != gram.size(1) || gram.size(0) < 1 ||
+      !at::isFloatingType(gram.scalar_type()))
+    return false;
+  return !pref.has_value() || (pref->dim() == 1 && pref->size(0) == gram.size(0) &&
+                               at::isFloatingType(pref->scalar_type()));
+}
+
 // Releases the GIL for its lifetime when asked to (and takes it back even when the solve throws).
 class GilRelease {
  public:
@@ -60,25 +70,21 @@ PyObject* is_plain_cpu_tensor(PyObject* /*module*/, PyObject* obj) {
 }
 
 // qp_weights(gram: Tensor, pref: Optional[Tensor], method: str, regularization: float, tol: float,
-//            max_iter: int) -> Tensor, with the arguments of the op of the same name; NotImplemented when gram or
-// pref is not a plain CPU tensor (the caller then calls the op).
+//            max_iter: Optional[int]) -> Tensor, with the arguments of the op of the same name (max_iter None: the
+// solver's default); NotImplemented when gram or pref is not a plain CPU tensor or not of a shape and dtype the
+// op takes, or not a tensor at all (the caller then takes its own path, which checks them).
 PyObject* qp_weights(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
   if (nargs != 6) {
     PyErr_Format(PyExc_TypeError, "qp_weights: expected 6 arguments, got %zd", nargs);
     return nullptr;
   }
-  if (!THPVariable_Check(args[0])) {
-    PyErr_SetString(PyExc_TypeError, "gram: expected a Tensor");
-    return nullptr;
-  }
-  if (args[1] != Py_None && !THPVariable_Check(args[1])) {
-    PyErr_SetString(PyExc_TypeError, "pref: expected a Tensor or None");
-    return nullptr;
-  }
   if (!is_plain_cpu(args[0]) || (args[1] != Py_None && !is_plain_cpu(args[1]))) Py_RETURN_NOTIMPLEMENTED;
+  const at::Tensor& gram = THPVariable_Unpack(args[0]);
   std::optional<at::Tensor> pref;
   if (args[1] != Py_None) pref = THPVariable_Unpack(args[1]);
+  // Malformed tensors are declined rather than reported: the caller's own checks then name its arguments.
+  if (!is_well_formed(gram, pref)) Py_RETURN_NOTIMPLEMENTED;
   // A str, two floats and an int; each conversion is checked before the next may run Python code.
   Py_ssize_t method_size = 0;
   const char* method = PyUnicode_AsUTF8AndSize(args[2], &method_size);
@@ -87,14 +93,16 @@ PyObject* qp_weights(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nar
   if (regularization == -1.0 && PyErr_Occurred()) return nullptr;
   const double tol = PyFloat_AsDouble(args[4]);
   if (tol == -1.0 && PyErr_Occurred()) return nullptr;
-  const long long max_iter = PyLong_AsLongLong(args[5]);
-  if (max_iter == -1 && PyErr_Occurred()) return nullptr;
-  const at::Tensor& gram = THPVariable_Unpack(args[0]);
+  long long max_iter = mtl_fast::nonneg_qp_default_max_iter(gram.size(0));
+  if (args[5] != Py_None) {
+    max_iter = PyLong_AsLongLong(args[5]);
+    if (max_iter == -1 && PyErr_Occurred()) return nullptr;
+  }
   at::Tensor weights;
   {
     // Other Python threads may run during a long solve (UPGrad at K = 64 takes most of a millisecond), as the
     // op path allows; a K = 16 problem takes microseconds, less than handing the GIL over would be worth.
-    GilRelease release(gram.dim() == 2 && gram.size(0) >= 32);
+    GilRelease release(gram.size(0) >= 32);
     weights = mtl_fast::qp_weights_cpu(gram, pref, c10::string_view(method, method_size), regularization, tol,
                                        max_iter);
   }

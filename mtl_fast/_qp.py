@@ -4,7 +4,8 @@
 the whole ``weights(G)`` of MGDA, DualProj and UPGrad in one op (normalisation, QPs and final weights), because at
 K = 16 every extra torch op around the solve would cost more than the solve itself. ``qp_weights`` returns None
 where no kernel serves G's device, and callers of ``nonneg_qp`` check :func:`has_kernel`; either way they then take
-the torch-ops solver. Arguments arrive validated.
+the torch-ops solver. Their arguments arrive validated. ``direct_cpu_weights`` is the eager CPU fast path in
+front of them all, which checks nothing itself and declines what it does not serve.
 """
 from __future__ import annotations
 
@@ -48,19 +49,25 @@ def nonneg_qp(M: Tensor, q: Tensor, simplex: bool, tol: float, max_iter: int) ->
     return _NONNEG_QP(M, q, simplex, tol, max_iter)
 
 
+def direct_cpu_weights(G: Tensor, pref: Optional[Tensor], method: str, regularization: float,
+                       tol: float) -> Optional[Tensor]:
+    """The fast path of :func:`qp_weights` (default iteration cap), for plain CPU tensors in eager mode: the CPU
+    kernel called without the dispatcher. None for everything else, unchecked arguments included: torch.compile
+    tracing, other devices, fake, functional or vmapped tensors, an active dispatch mode, a G that needs a
+    gradient, or a malformed G or pref; the caller then checks its arguments and calls :func:`qp_weights`.
+    The profiler does not see this call.
+    """
+    # Other tracers (torch.export, make_fx) hand in fake or functional tensors, which the kernel declines.
+    if "cpu" not in _DEVICES or torch.compiler.is_dynamo_compiling():
+        return None
+    weights = _QP_WEIGHTS_CPU(G, pref, method, regularization, tol, None)
+    return None if weights is NotImplemented else weights
+
+
 def qp_weights(G: Tensor, pref: Optional[Tensor], method: str, regularization: float, tol: float,
                max_iter: int) -> Optional[Tensor]:
     """The (K,) float64 weights of ``method`` ('mgda', 'dualproj', 'upgrad') on G / trace(G) + regularization I,
-    or None where G's device has no compiled kernel.
-
-    Plain CPU tensors in eager mode go straight to the CPU kernel; everything else (torch.compile tracing, CUDA,
-    fake, functional or vmapped tensors, an active dispatch mode) goes through the op, so the dispatcher, fake
-    kernels and torch.compile see it as usual. The profiler does not see the direct call.
-    """
-    if "cpu" in _DEVICES and not torch.compiler.is_compiling():
-        weights = _QP_WEIGHTS_CPU(G, pref, method, regularization, tol, max_iter)
-        if weights is not NotImplemented:
-            return weights
+    through the op, or None where G's device has no compiled kernel."""
     if G.device.type in _DEVICES:
         return _QP_WEIGHTS(G, pref, method, regularization, tol, max_iter)
     return None

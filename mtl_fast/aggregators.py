@@ -201,7 +201,7 @@ def _masked_solve(M: Tensor, free: Tensor, rhs: Tensor) -> Tensor:
 
 
 def _default_max_iter(K: int) -> int:
-    return 3 * K + 10
+    return 3 * K + 10  # as nonneg_qp_default_max_iter in csrc/kernels/nonneg_qp.h
 
 
 def _compiled_qp_weights(G: Tensor, K: int, method: str, pref: Optional[Tensor] = None) -> Optional[Tensor]:
@@ -330,9 +330,12 @@ class MGDA(GramAggregator):
     """
 
     def weights(self, G: Tensor) -> Tensor:
+        fast = _qp.direct_cpu_weights(G, None, "mgda", QP_REGULARIZATION, QP_TOLERANCE)
+        if fast is not None:
+            return fast
         K = check_gram(G)
         # The compiled op (K = 2 included, in the same closed form) is not differentiable; the torch-ops closed
-        # form is, so a pair that asks for gradients gets it.
+        # form is, so a pair that asks for gradients gets it (the fast path above declines such a G).
         differentiable_pair = K == 2 and G.requires_grad and torch.is_grad_enabled()
         compiled = None if differentiable_pair else _compiled_qp_weights(G, K, "mgda")
         if compiled is not None:
@@ -362,6 +365,10 @@ class _DualConeProjection(_WithPreference):
         raise NotImplementedError
 
     def weights(self, G: Tensor) -> Tensor:
+        # pref_vector is a CPU tensor; one of the wrong length is declined, and preference() below reports it.
+        fast = _qp.direct_cpu_weights(G, self.pref_vector, self._qp_method, QP_REGULARIZATION, QP_TOLERANCE)
+        if fast is not None:
+            return fast
         K = check_gram(G)
         compiled = _compiled_qp_weights(G, K, self._qp_method, self._preference_or_mean(K, G.device))
         if compiled is not None:

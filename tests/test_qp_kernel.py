@@ -78,17 +78,34 @@ def test_solver_matches_torch_path(K, simplex, torch_path):
 
 
 @needs_kernel
-def test_active_set_fallback_settles_where_block_pivoting_does_not(torch_path):
-    # random q on a rank-32 M at K = 64: block pivoting (either path) leaves rows unsettled after 3K + 10 steps
-    M, q = random_problems(64, 32, 1)
+@pytest.mark.parametrize("K, seed", [(32, 0), (64, 1)])  # the CPU's tableau path, and its Cholesky path beyond
+def test_active_set_fallback_settles_where_block_pivoting_does_not(K, seed, torch_path):
+    # random q on a rank-K/2 M: block pivoting (either path) leaves rows unsettled after 3K + 10 steps
+    M, q = random_problems(K, K // 2, seed)
     expected = torch_path(solve_nonnegative_qp, M, q)
     assert kkt_violation(M, q, expected) > 1e-3
     assert kkt_violation(M, q, solve_nonnegative_qp(M, q)) < 1e-9
 
 
 @needs_kernel
+def test_singular_or_nan_m_stays_finite():
+    """Without the regularisation a singular M has a zero pivot, and a NaN entry a NaN one: the CPU's tableau gives
+    up on those and the Cholesky path, with its pivot floor, answers: finite and nonnegative (the solver is meant
+    for positive definite M, so nothing more is promised)."""
+    v = torch.tensor([1.0, 2.0, -1.0, 0.5, 3.0, -2.0], dtype=torch.float64)
+    singular = torch.outer(v, v)
+    with_nan = singular.clone()
+    with_nan[0, 1] = with_nan[1, 0] = float("nan")
+    u = torch.full((6,), 1 / 6, dtype=torch.float64)
+    q = torch.stack([-torch.ones(6, dtype=torch.float64), singular @ u, torch.linspace(-1, 1, 6, dtype=torch.float64)])
+    for M in (singular, with_nan):
+        z = solve_nonnegative_qp(M, q)
+        assert torch.isfinite(z).all() and z.min() >= 0
+
+
+@needs_kernel
 @pytest.mark.parametrize("method", list(QP_METHODS))
-@pytest.mark.parametrize("K", [1, 2, 3, 4, 16, 64])
+@pytest.mark.parametrize("K", [1, 2, 3, 4, 8, 9, 16, 32, 33, 64])  # the CPU tableau's widths are 8, 16 and 32
 def test_weights_match_torch_path(method, K, torch_path):
     for seed, rank, scale in ((0, None, 1.0), (1, max(1, K // 3), 1e-30), (2, None, 1e30), (3, 2, 1.0),
                               (4, None, 1e-310)):  # a trace whose reciprocal overflows
@@ -197,6 +214,14 @@ def test_bad_arguments():
         torch.ops.mtl_fast.qp_weights(M, torch.ones(2), "upgrad", 1e-6, 1e-9, 5)
     with pytest.raises(ValueError, match="pref_vector: has 2 entries"):
         mf.UPGrad(pref_vector=[1.0, 2.0]).weights(M)
+    # the aggregators' checks, behind the eager CPU fast path that declines these
+    for make in QP_METHODS.values():
+        with pytest.raises(ValueError, match=r"G: expected a square \(K, K\) matrix"):
+            make().weights(torch.zeros(2, 3))
+        with pytest.raises(TypeError, match="G: expected a floating dtype"):
+            make().weights(torch.eye(3, dtype=torch.int64))
+        with pytest.raises(TypeError, match="G: expected a Tensor"):
+            make().weights([[1.0]])
 
 
 @needs_kernel
@@ -214,14 +239,17 @@ def test_direct_cpu_call_equals_the_op():
                     w = direct(*args)
                     assert w.dtype == torch.float64 and w.shape == (K,) and not w.requires_grad
                     assert torch.equal(w, op(*args))
+    # max_iter None: the solver's default, 3K + 10 as in the torch path
+    assert torch.equal(direct(G, None, "upgrad", 1e-6, 1e-9, None), op(G, None, "upgrad", 1e-6, 1e-9, 3 * K + 10))
     with pytest.raises(RuntimeError, match="method: expected"):  # raised with the GIL released, and taken back
         direct(G, None, "pcgrad", 1e-6, 1e-9, 5)
-    with pytest.raises(RuntimeError, match="gram: expected a square"):
-        direct(torch.zeros(2, 3), None, "mgda", 1e-6, 1e-9, 5)
-    with pytest.raises(TypeError, match="gram: expected a Tensor"):
-        direct([[1.0]], None, "mgda", 1e-6, 1e-9, 5)
-    with pytest.raises(TypeError, match="pref: expected a Tensor or None"):
-        direct(G, [1.0], "mgda", 1e-6, 1e-9, 5)
+    # shapes and dtypes the op rejects are declined, so that the aggregator's own checks name its arguments
+    for bad_gram, bad_pref in ((torch.zeros(2, 3), None), (torch.zeros(0, 0), None), (torch.zeros(3), None),
+                               (torch.eye(3, dtype=torch.int64), None), (torch.eye(3), torch.ones(2)),
+                               (torch.eye(3), torch.ones(3, dtype=torch.int64)), (torch.eye(3), torch.ones(1, 3))):
+        assert direct(bad_gram, bad_pref, "dualproj", 1e-6, 1e-9, 5) is NotImplemented
+    assert direct([[1.0]], None, "mgda", 1e-6, 1e-9, 5) is NotImplemented
+    assert direct(G, [1.0], "mgda", 1e-6, 1e-9, 5) is NotImplemented
     from torch._subclasses.fake_tensor import FakeTensorMode
     assert direct(FakeTensorMode().from_tensor(G), None, "mgda", 1e-6, 1e-9, 5) is NotImplemented
     assert direct(G, FakeTensorMode().from_tensor(torch.ones(16)), "mgda", 1e-6, 1e-9, 5) is NotImplemented

@@ -36,7 +36,8 @@ __global__ void __launch_bounds__(kThreads)
 
 __global__ void __launch_bounds__(kThreads)
     qp_finish_kernel(const double* Z, const double* pref, int64_t K, QpMethod method, double* weights) {
-  for (int64_t j = threadIdx.x; j < K; j += blockDim.x) weights[j] = qp_weight(method, Z, pref, K, j);
+  const double normalizer = qp_weight_normalizer(method, Z, K);
+  for (int64_t j = threadIdx.x; j < K; j += blockDim.x) weights[j] = qp_weight(method, Z, pref, K, j, normalizer);
 }
 
 __global__ void __launch_bounds__(kThreads) qp_closed_form_kernel(const double* G, int64_t K, double* weights) {

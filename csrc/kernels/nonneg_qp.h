@@ -22,6 +22,8 @@ namespace mtl_fast {
 // Workspace of one problem: K*K for the factor of M_FF plus 5*K for the right-hand sides, M z, the active-set
 // method's target and the factor's reciprocal pivots.
 MTL_HD inline int64_t nonneg_qp_workspace(int64_t K) { return K * K + 5 * K; }
+// The iteration cap when the caller gives none (mtl_fast.aggregators._default_max_iter says the same).
+MTL_HD inline int64_t nonneg_qp_default_max_iter(int64_t K) { return 3 * K + 10; }
 // Integer workspace of one problem: the free flags, the list of free indices and the violation flags.
 MTL_HD inline int64_t nonneg_qp_index_workspace(int64_t K) { return 3 * K; }
 
@@ -95,6 +97,7 @@ struct QpState {
   scalar_t* x2;      // M_FF^{-1} 1_F (simplex only)
   scalar_t* Mz;
   scalar_t* inv_diag;  // reciprocal pivots of L
+  scalar_t* target;    // the active-set method's minimiser on the free set
   int* free;
   int* F;     // the free indices, in increasing order
   int* flip;  // the KKT violations, then the coordinates to move to the other set
@@ -126,6 +129,12 @@ MTL_HD scalar_t solve_on_free_set(const QpState<scalar_t>& s, scalar_t* y) {
   return lam;
 }
 
+// How far below 0 a multiplier (M z + q)_i may lie before it counts as a KKT violation.
+template <typename scalar_t>
+MTL_HD scalar_t multiplier_tolerance(const QpState<scalar_t>& s, scalar_t tol, scalar_t z_scale, scalar_t Mz_scale) {
+  return tol * (s.q_scale + Mz_scale + scalar_t(1e-7) * scalar_t(s.K) * z_scale);
+}
+
 // Marks in s.flip every KKT condition z violates (z_i < 0 on the free set, a negative multiplier outside it);
 // returns their number and sets `last` to the largest such index. Each check gets its own scale, as in the torch
 // path: z may reach 1 / regularisation while M z stays O(1).
@@ -144,7 +153,7 @@ MTL_HD int64_t mark_kkt_violations(const QpState<scalar_t>& s, const scalar_t* z
   }
   for (int64_t j = 0; j < s.K; ++j) Mz_scale = max_of(Mz_scale, std::fabs(s.Mz[j]));
   const scalar_t z_bound = -tol * z_scale;
-  const scalar_t m_bound = -tol * (s.q_scale + Mz_scale + scalar_t(1e-7) * scalar_t(s.K) * z_scale);
+  const scalar_t m_bound = -multiplier_tolerance(s, tol, z_scale, Mz_scale);
   int64_t count = 0;
   last = -1;
   for (int64_t i = 0; i < s.K; ++i) {
@@ -189,9 +198,10 @@ MTL_HD bool block_pivoting(const QpState<scalar_t>& s, scalar_t tol, int64_t max
 // feasible start (0, or the simplex vertex with the lowest objective) it frees the coordinate with the most
 // negative multiplier, moves towards the minimiser on the free set and, where a coordinate would turn negative,
 // stops on the boundary and fixes it at 0. Slower than block pivoting (one coordinate per step), but it
-// finishes. y: K scalars of scratch.
+// finishes.
 template <typename scalar_t>
-MTL_HD void active_set(const QpState<scalar_t>& s, scalar_t tol, int64_t max_iter, scalar_t* z, scalar_t* y) {
+MTL_HD void active_set(const QpState<scalar_t>& s, scalar_t tol, int64_t max_iter, scalar_t* z) {
+  scalar_t* y = s.target;
   int64_t start = 0;
   for (int64_t i = 0; i < s.K; ++i) {
     const scalar_t value = scalar_t(0.5) * s.M[i * s.K + i] + s.q[i];
@@ -230,30 +240,57 @@ MTL_HD void active_set(const QpState<scalar_t>& s, scalar_t tol, int64_t max_ite
   }
 }
 
-// Solves one problem. M: K x K row-major, q: K values, z: out (K values, >= 0, summing to 1 for the simplex
-// form). work / iwork: nonneg_qp_workspace(K) scalars and nonneg_qp_index_workspace(K) ints. Block pivoting
-// first (the torch path's steps, at most max_iter); if it has not settled (seen with random q and a nearly
-// singular M beyond K ~ 30, never on the aggregators' problems), at most max_iter active-set steps.
+// The state of one problem on the caller's workspace (nonneg_qp_workspace(K) scalars and
+// nonneg_qp_index_workspace(K) ints), with its Cholesky pivot floor and the scale of q.
 template <typename scalar_t>
-MTL_HD void nonneg_qp_solve(const scalar_t* M, const scalar_t* q, int64_t K, bool simplex, scalar_t tol,
-                            int64_t max_iter, scalar_t* z, scalar_t* work, int* iwork) {
+MTL_HD QpState<scalar_t> make_qp_state(const scalar_t* M, const scalar_t* q, int64_t K, bool simplex,
+                                       scalar_t* work, int* iwork) {
   QpState<scalar_t> s{M, q, K, simplex, scalar_t(0), scalar_t(0), work, work + K * K, work + K * K + K,
-                      work + K * K + 2 * K, work + K * K + 4 * K, iwork, iwork + K, iwork + 2 * K};
+                      work + K * K + 2 * K, work + K * K + 4 * K, work + K * K + 3 * K, iwork, iwork + K,
+                      iwork + 2 * K};
   scalar_t diag_max = scalar_t(0);
   for (int64_t i = 0; i < K; ++i) {
     diag_max = max_of(diag_max, M[i * K + i]);
     s.q_scale = max_of(s.q_scale, std::fabs(q[i]));
-    z[i] = scalar_t(0);
   }
   s.floor = scalar_t(kPivotFloor) * (diag_max > scalar_t(0) ? diag_max : scalar_t(1));
-  if (!block_pivoting(s, tol, max_iter, z)) active_set(s, tol, max_iter, z, work + K * K + 3 * K);
+  return s;
+}
+
+// Clears z's rounding-level negatives (and normalises it onto the simplex for that form).
+template <typename scalar_t>
+MTL_HD void clamp_solution(const QpState<scalar_t>& s, scalar_t* z) {
   scalar_t total = scalar_t(0);
-  for (int64_t i = 0; i < K; ++i) {
+  for (int64_t i = 0; i < s.K; ++i) {
     z[i] = max_of(z[i], scalar_t(0));
     total += z[i];
   }
-  if (simplex)
-    for (int64_t i = 0; i < K; ++i) z[i] /= total;
+  if (s.simplex)
+    for (int64_t i = 0; i < s.K; ++i) z[i] /= total;
+}
+
+// Block pivoting from z = 0 (the torch path's steps, at most max_iter); if it has not settled (seen with random
+// q and a nearly singular M beyond K ~ 30, never on the aggregators' problems), at most max_iter active-set
+// steps. z: out (K values, >= 0, summing to 1 for the simplex form).
+template <typename scalar_t>
+MTL_HD void solve_from_scratch(const QpState<scalar_t>& s, scalar_t tol, int64_t max_iter, scalar_t* z) {
+  for (int64_t i = 0; i < s.K; ++i) z[i] = scalar_t(0);
+  if (!block_pivoting(s, tol, max_iter, z)) active_set(s, tol, max_iter, z);
+  clamp_solution(s, z);
+}
+
+// The active-set method alone, for a caller whose own block pivoting did not settle.
+template <typename scalar_t>
+MTL_HD void solve_by_active_set(const QpState<scalar_t>& s, scalar_t tol, int64_t max_iter, scalar_t* z) {
+  active_set(s, tol, max_iter, z);
+  clamp_solution(s, z);
+}
+
+// Solves one problem: M K x K row-major, q K values, work / iwork as for make_qp_state.
+template <typename scalar_t>
+MTL_HD void nonneg_qp_solve(const scalar_t* M, const scalar_t* q, int64_t K, bool simplex, scalar_t tol,
+                            int64_t max_iter, scalar_t* z, scalar_t* work, int* iwork) {
+  solve_from_scratch(make_qp_state(M, q, K, simplex, work, iwork), tol, max_iter, z);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -294,6 +331,20 @@ MTL_HD scalar_t normalized_gram_entry(const scalar_t* G, int64_t K, scalar_t tra
   return i == j ? scaled + regularization : scaled;
 }
 
+// All of M in one thread: normalized_gram_entry over the K * K entries, in a form the compiler vectorises.
+template <typename scalar_t>
+MTL_HD void normalized_gram(const scalar_t* G, int64_t K, scalar_t regularization, scalar_t* M) {
+  const scalar_t trace = gram_scale(G, K);
+  const scalar_t inverse_trace = scalar_t(1) / trace;
+  if (trace > scalar_t(0) && inverse_trace - inverse_trace == scalar_t(0)) {
+    for (int64_t e = 0; e < K * K; ++e) M[e] = G[e] * inverse_trace;
+  } else {
+    for (int64_t e = 0; e < K * K; ++e)
+      M[e] = normalized_gram_entry(G, K, trace, inverse_trace, scalar_t(0), e / K, e % K);
+  }
+  for (int64_t i = 0; i < K; ++i) M[i * K + i] += regularization;
+}
+
 // q of problem b (K values).
 template <typename scalar_t>
 MTL_HD void qp_linear_term(QpMethod method, const scalar_t* M, const scalar_t* pref, int64_t K, int64_t b,
@@ -327,14 +378,20 @@ MTL_HD scalar_t qp_closed_form_weight(const scalar_t* G, int64_t j) {
   return j == 0 ? first : scalar_t(1) - first;
 }
 
-// Weight j from the problems' solutions Z (qp_problem_count x K, row-major).
+// What MGDA divides its solution by: sum(z) (1 for the other methods).
 template <typename scalar_t>
-MTL_HD scalar_t qp_weight(QpMethod method, const scalar_t* Z, const scalar_t* pref, int64_t K, int64_t j) {
-  if (method == QpMethod::kMinNorm) {
-    scalar_t total = scalar_t(0);
+MTL_HD scalar_t qp_weight_normalizer(QpMethod method, const scalar_t* Z, int64_t K) {
+  scalar_t total = scalar_t(method == QpMethod::kMinNorm ? 0 : 1);
+  if (method == QpMethod::kMinNorm)
     for (int64_t i = 0; i < K; ++i) total += Z[i];
-    return Z[j] / total;
-  }
+  return total;
+}
+
+// Weight j from the problems' solutions Z (qp_problem_count x K, row-major) and qp_weight_normalizer's value.
+template <typename scalar_t>
+MTL_HD scalar_t qp_weight(QpMethod method, const scalar_t* Z, const scalar_t* pref, int64_t K, int64_t j,
+                          scalar_t normalizer) {
+  if (method == QpMethod::kMinNorm) return Z[j] / normalizer;
   if (method == QpMethod::kDualProj) return qp_preference(pref, K, j) + Z[j];
   scalar_t s = qp_preference(pref, K, j);
   for (int64_t b = 0; b < K; ++b) s += qp_preference(pref, K, b) * Z[b * K + j];
