@@ -136,7 +136,8 @@ MTL_SIMD_INLINE TableauOutcome tableau_pivoting_of_width(const QpState<double>& 
 }
 
 // The width for s.K (at most kMaxTableauWidth), compiled for each SIMD level.
-MTL_CPU_CLONES TableauOutcome tableau_pivoting(const QpState<double>& s, double tol, int64_t max_iter, double* z,
+// (flatten: the checks it shares with block_pivoting are inlined too, so they run in the clone's vectors)
+MTL_CPU_CLONES __attribute__((flatten)) TableauOutcome tableau_pivoting(const QpState<double>& s, double tol, int64_t max_iter, double* z,
                                                double* T, double* row) {
   if (s.K <= 8) return tableau_pivoting_of_width<8>(s, tol, max_iter, z, T, row);
   if (s.K <= 16) return tableau_pivoting_of_width<16>(s, tol, max_iter, z, T, row);
@@ -194,6 +195,15 @@ at::Tensor nonneg_qp_cpu(const at::Tensor& M, const at::Tensor& q, bool simplex,
   return z.to(q.scalar_type());
 }
 
+// qp_weights' M, linear terms and preference vector u (pref, or the mean when that is null), compiled per SIMD
+// level: its K * K loops vectorise.
+MTL_CPU_CLONES void prepare_qp_problems(const double* G, const double* pref, int64_t K, QpMethod kind,
+                                        double regularization, double* M, double* Q, double* u) {
+  for (int64_t i = 0; i < K; ++i) u[i] = qp_preference(pref, K, i);
+  normalized_gram(G, K, regularization, M);
+  for (int64_t b = 0; b < qp_problem_count(kind, K); ++b) qp_linear_term(kind, M, u, K, b, Q + b * K);
+}
+
 }  // namespace
 
 at::Tensor qp_weights_cpu(const at::Tensor& gram, const std::optional<at::Tensor>& pref, c10::string_view method,
@@ -217,10 +227,8 @@ at::Tensor qp_weights_cpu(const at::Tensor& gram, const std::optional<at::Tensor
   double* Q = M + K * K;
   double* Z = Q + B * K;
   double* u = Z + B * K;
-  for (int64_t i = 0; i < K; ++i)
-    u[i] = qp_preference(pref.has_value() ? pref_double.const_data_ptr<double>() : nullptr, K, i);
-  normalized_gram(G.const_data_ptr<double>(), K, regularization, M);
-  for (int64_t b = 0; b < B; ++b) qp_linear_term(kind, M, u, K, b, Q + b * K);
+  prepare_qp_problems(G.const_data_ptr<double>(), pref.has_value() ? pref_double.const_data_ptr<double>() : nullptr,
+                      K, kind, regularization, M, Q, u);
   solve_batch(M, Q, B, K, /*simplex=*/false, tol, max_iter, Z);
   const double normalizer = qp_weight_normalizer(kind, Z, K);
   for (int64_t j = 0; j < K; ++j) w[j] = qp_weight(kind, Z, u, K, j, normalizer);
