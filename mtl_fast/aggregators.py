@@ -6,6 +6,7 @@ weights w = weights(G) computed from the K x K Gram matrix G = J J^T alone. That
 """
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from typing import Dict, List, Optional, Sequence
 
@@ -200,6 +201,9 @@ def _masked_solve(M: Tensor, free: Tensor, rhs: Tensor) -> Tensor:
     return torch.linalg.solve_ex(system, rhs * f[:, :, None])[0]
 
 
+_TORCH_PATH_ITERATIONS = 10  # the torch-ops solver's default cap, in multiples of the compiled op's
+
+
 def _default_max_iter(K: int) -> int:
     return 3 * K + 10  # as nonneg_qp_default_max_iter in csrc/kernels/nonneg_qp.h
 
@@ -228,14 +232,19 @@ def solve_nonnegative_qp(M: Tensor, q: Tensor, *, simplex: bool = False, tol: fl
         q: (B, K) linear terms, one problem per row.
         simplex: add the constraint sum(z) = 1 (its multiplier enters the KKT check).
         tol: relative tolerance of the KKT checks.
-        max_iter: iteration cap (default 3K + 10).
+        max_iter: iteration cap. Default 3K + 10 for the compiled op, which then finishes unsettled problems with
+            an active-set method; ten times that for the torch ops, which have no such fallback and go on with
+            Murty's single swaps instead (they stop as soon as every problem has settled). A problem that still
+            has not settled gets a RuntimeWarning and an approximate answer.
     Returns:
         (B, K) solutions, z >= 0 exactly (and summing to 1 for ``simplex``).
     """
     B, K = q.shape
-    max_iter = _default_max_iter(K) if max_iter is None else max_iter
     if _qp.has_kernel(M.device.type):
-        return _qp.nonneg_qp(M, q, simplex, tol, max_iter)
+        return _qp.nonneg_qp(M, q, simplex, tol, _default_max_iter(K) if max_iter is None else max_iter)
+    # Block pivoting leaves a few of the aggregators' problems unsettled after 3K + 10 steps (UPGrad with a
+    # rank-deficient G beyond K ~ 20); Murty's rule then settles them within a few times that.
+    max_iter = _TORCH_PATH_ITERATIONS * _default_max_iter(K) if max_iter is None else max_iter
     ones = torch.ones(B, K, 1, dtype=M.dtype, device=M.device)
     free = torch.full((B, K), simplex, dtype=torch.bool, device=M.device)
     best = torch.full((B,), K + 1, dtype=torch.int64, device=M.device)
@@ -270,6 +279,12 @@ def solve_nonnegative_qp(M: Tensor, q: Tensor, *, simplex: bool = False, tol: fl
         flipped = free ^ swap
         # The simplex needs at least one free coordinate; an empty guess keeps the previous one instead.
         free = torch.where(flipped.any(1, keepdim=True) | (not simplex), flipped, free)
+    else:
+        unsettled = int((count > 0).sum()) if max_iter > 0 else 0
+        if unsettled:
+            warnings.warn(f"solve_nonnegative_qp: {unsettled} of {B} problems did not settle within "
+                          f"max_iter={max_iter} steps; their solutions are approximate", RuntimeWarning,
+                          stacklevel=2)
     z = z.clamp_min(0.0)
     if simplex:
         z = z / z.sum(1, keepdim=True)
@@ -286,6 +301,14 @@ class _WithPreference(GramAggregator):
             if (self.pref_vector < 0).any():
                 raise ValueError(f"pref_vector: every entry must be >= 0, got {self.pref_vector.tolist()}")
 
+    # Whether preference() is this class's own: the compiled fast path reads pref_vector directly, so a subclass
+    # that redefines preference() takes the path that calls it (set by __init_subclass__).
+    _reads_pref_vector = True
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._reads_pref_vector = cls.preference is _WithPreference.preference
+
     def preference(self, K: int, device: torch.device) -> Tensor:
         """The (K,) float64 preference weights on ``device``."""
         if self.pref_vector is None:
@@ -296,7 +319,7 @@ class _WithPreference(GramAggregator):
 
     def _preference_or_mean(self, K: int, device: torch.device) -> Optional[Tensor]:
         """preference(K, device), or None for the default mean (the compiled op fills it in itself)."""
-        return None if self.pref_vector is None else self.preference(K, device)
+        return None if self.pref_vector is None and self._reads_pref_vector else self.preference(K, device)
 
     def __repr__(self) -> str:
         pref = None if self.pref_vector is None else self.pref_vector.tolist()
@@ -365,10 +388,11 @@ class _DualConeProjection(_WithPreference):
         raise NotImplementedError
 
     def weights(self, G: Tensor) -> Tensor:
-        # pref_vector is a CPU tensor; one of the wrong length is declined, and preference() below reports it.
-        fast = _qp.direct_cpu_weights(G, self.pref_vector, self._qp_method, QP_REGULARIZATION, QP_TOLERANCE)
-        if fast is not None:
-            return fast
+        if self._reads_pref_vector:
+            # pref_vector is a CPU tensor; one of the wrong length is declined, and preference() below reports it.
+            fast = _qp.direct_cpu_weights(G, self.pref_vector, self._qp_method, QP_REGULARIZATION, QP_TOLERANCE)
+            if fast is not None:
+                return fast
         K = check_gram(G)
         compiled = _compiled_qp_weights(G, K, self._qp_method, self._preference_or_mean(K, G.device))
         if compiled is not None:

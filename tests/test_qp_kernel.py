@@ -63,11 +63,13 @@ def random_problems(K, rank, seed):
 @needs_kernel
 @pytest.mark.parametrize("K", [1, 2, 3, 8, 16, 33, 64])
 @pytest.mark.parametrize("simplex", [False, True])
+@pytest.mark.filterwarnings("ignore:solve_nonnegative_qp.*did not settle")  # random q at K = 64: compared where settled
 def test_solver_matches_torch_path(K, simplex, torch_path):
     for seed, rank in ((0, None), (1, max(1, K // 2))):  # full rank and singular G
         M, q = random_problems(K, rank, seed)
         z = solve_nonnegative_qp(M, q, simplex=simplex)
-        expected = torch_path(solve_nonnegative_qp, M, q, simplex=simplex)
+        # (at the compiled op's cap: the torch path's own default goes on much longer where this does not settle)
+        expected = torch_path(solve_nonnegative_qp, M, q, simplex=simplex, max_iter=3 * K + 10)
         assert z.shape == (K, K) and z.dtype == torch.float64 and z.min() >= 0
         assert kkt_violation(M, q, z, simplex) < 1e-7
         if simplex:
@@ -80,11 +82,32 @@ def test_solver_matches_torch_path(K, simplex, torch_path):
 @needs_kernel
 @pytest.mark.parametrize("K, seed", [(32, 0), (64, 1)])  # the CPU's tableau path, and its Cholesky path beyond
 def test_active_set_fallback_settles_where_block_pivoting_does_not(K, seed, torch_path):
-    # random q on a rank-K/2 M: block pivoting (either path) leaves rows unsettled after 3K + 10 steps
+    # random q on a rank-K/2 M: block pivoting (either path) leaves rows unsettled after 3K + 10 steps, the
+    # compiled op's default cap, after which it switches to the active-set method
     M, q = random_problems(K, K // 2, seed)
-    expected = torch_path(solve_nonnegative_qp, M, q)
+    with pytest.warns(RuntimeWarning, match=r"problems did not settle within max_iter=\d+ steps"):
+        expected = torch_path(solve_nonnegative_qp, M, q, max_iter=3 * K + 10)
     assert kkt_violation(M, q, expected) > 1e-3
     assert kkt_violation(M, q, solve_nonnegative_qp(M, q)) < 1e-9
+
+
+def test_torch_path_settles_an_upgrad_problem_beyond_the_compiled_cap(torch_path):
+    """UPGrad at K = 33 on a rank-5 G: block pivoting needs more than 3K + 10 steps on one of the problems; the
+    torch path, which has no active-set fallback, goes on with Murty's rule (its default cap is ten times
+    longer) and gets the same weights as the compiled op."""
+    g = torch.Generator().manual_seed(2)
+    J = torch.randn(33, 5, dtype=torch.float64, generator=g) * torch.pow(10.0, 6 * torch.rand(33, 1, generator=g,
+                                                                                              dtype=torch.float64) - 3)
+    M = _normalized_gram(J @ J.T)
+    with pytest.warns(RuntimeWarning, match="did not settle"):
+        torch_path(solve_nonnegative_qp, M, M, max_iter=3 * 33 + 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        z = torch_path(solve_nonnegative_qp, M, M)
+    assert kkt_violation(M, M, z) < 1e-9
+    if _qp.has_kernel("cpu"):
+        G = J @ J.T
+        assert torch.allclose(torch_path(mf.UPGrad().weights, G), mf.UPGrad().weights(G), rtol=1e-7, atol=1e-10)
 
 
 @needs_kernel
@@ -271,6 +294,24 @@ def test_direct_cpu_call_equals_the_op():
         assert torch.equal(direct(G.clone().requires_grad_(), None, "mgda", 1e-6, 1e-9, 5),
                            direct(G, None, "mgda", 1e-6, 1e-9, 5))
     assert direct(torch.nn.Parameter(G), None, "mgda", 1e-6, 1e-9, 5) is NotImplemented  # a subclass
+
+
+@needs_kernel
+@pytest.mark.parametrize("method", ["dualproj", "upgrad"])
+def test_subclass_preference_is_used(method, torch_path):
+    """A subclass that redefines preference() gets it on every path, the compiled fast path included."""
+    class Renormalised(QP_METHODS[method]):
+        def preference(self, K, device):
+            u = super().preference(K, device)
+            return 2 * u / u.sum()
+
+    G = gram(5, seed=3)
+    for pref in ([1.0, 2.0, 1.0, 0.5, 3.0], None):
+        u = torch.tensor(pref, dtype=torch.float64) if pref else torch.full((5,), 0.2, dtype=torch.float64)
+        expected = QP_METHODS[method](pref_vector=2 * u / u.sum())
+        w = Renormalised(pref).weights(G)
+        assert torch.allclose(w, expected.weights(G), rtol=1e-12, atol=1e-15), pref
+        assert torch.allclose(w, torch_path(Renormalised(pref).weights, G), rtol=1e-7, atol=1e-10), pref
 
 
 @needs_kernel

@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <limits>
 #include <vector>
 
 #include "cpu/nonneg_qp.h"
@@ -39,14 +40,17 @@ Scratch& thread_scratch() {
 // step it keeps T, the principal pivot transform of M over the free set F: w = T x + r, where the nonbasic x are z
 // off F and the multipliers w = M z + q on F, so with x = 0 the basic values are r (z_i = r_i on F, w_i = r_i off
 // it). Moving index p to the other set is one principal pivot: a rank-1 update of the tableau, K x W
-// multiply-adds over rows of a width W fixed at compile time (K rounded up to 8, 16, 32 or 64, the columns beyond
-// K zero), which the compiler unrolls into whole vectors; a Cholesky factorisation at these sizes waits instead on
+// multiply-adds over rows of a width W fixed at compile time (K rounded up to 8, 16 or 32, the columns beyond K
+// zero), which the compiler unrolls into whole vectors; a Cholesky factorisation at these sizes waits instead on
 // a chain of dependent square roots and divisions. At K = 16 a solve takes a half to a third of the time with
-// AVX2 (benchmarks/bench_zoo.py).
+// AVX2 (benchmarks/bench_zoo.py); from K ~ 48 the Cholesky path is faster again, hence kMaxTableauWidth.
 // M is positive definite, so every principal pivot of T is positive in exact arithmetic; one at or below the
 // Cholesky floor (a singular or indefinite M, or rounding) gives up. T carries the rounding of the whole pivot
 // sequence, so the answer is checked against M itself: the KKT conditions as block_pivoting checks them, and
-// M z + q = 0 on F within the multipliers' tolerance. T: K x W scalars, row: W; r goes to s.x1.
+// M z + q = 0 on F within the multipliers' tolerance. Like the Cholesky path's, its answer is then a KKT point
+// to that tolerance; on the aggregators' problems (M regularised by 1e-6 I) the two agree to ~1e-10 relative,
+// and for M near singularity (regularisation below ~1e-10) both lose accuracy in z while keeping the KKT
+// conditions. T: K x W scalars, row: W; r goes to s.x1.
 constexpr int64_t kMaxTableauWidth = 32;
 
 enum class TableauOutcome {
@@ -83,6 +87,9 @@ MTL_SIMD_INLINE TableauOutcome tableau_pivoting_of_width(const QpState<double>& 
     s.free[i] = 0;
   }
   bool tableau_filled = false;  // T = M is filled in at the first pivot: a problem with nothing to flip needs none
+  // Pivoting an index off F divides by (M_FF^-1)_pp, which is in the units of 1 / M: its floor is the reciprocal
+  // of the Cholesky floor's scale (kPivotFloor / max diag(M)), so that a scaled M takes the same steps.
+  const double free_floor = kPivotFloor * kPivotFloor / s.floor;
   const int64_t patience_reset = K / 2 + 3;
   int64_t best = K + 1, patience = patience_reset;
   bool settled = false;
@@ -115,7 +122,7 @@ MTL_SIMD_INLINE TableauOutcome tableau_pivoting_of_width(const QpState<double>& 
     }
     for (int64_t i = 0; i < K && !settled; ++i) {
       if (!(block ? s.flip[i] : i == last)) continue;
-      if (!(T[i * W + i] > s.floor)) return TableauOutcome::kGaveUp;  // also catches NaN
+      if (!(T[i * W + i] > (s.free[i] ? free_floor : s.floor))) return TableauOutcome::kGaveUp;  // NaN too
       principal_pivot<W>(T, r, K, i, row);
       s.free[i] ^= 1;
     }
@@ -129,20 +136,22 @@ MTL_SIMD_INLINE TableauOutcome tableau_pivoting_of_width(const QpState<double>& 
     z_scale = max_of(z_scale, std::fabs(z[i]));
     Mz_scale = max_of(Mz_scale, std::fabs(s.Mz[i]));
   }
-  const double stationarity = multiplier_tolerance(s, tol, z_scale, Mz_scale);
+  // plus the rounding of M z + q itself, so that tol = 0 still accepts an exact answer
+  const double stationarity = multiplier_tolerance(s, tol, z_scale, Mz_scale) +
+                              double(K) * std::numeric_limits<double>::epsilon() * (s.q_scale + Mz_scale);
   for (int64_t i = 0; i < K; ++i)
     if (s.free[i] && !(std::fabs(s.Mz[i] + s.q[i]) <= stationarity)) return TableauOutcome::kGaveUp;
   return TableauOutcome::kSolved;
 }
 
 // The width for s.K (at most kMaxTableauWidth), compiled for each SIMD level.
+static_assert(kMaxTableauWidth == 32, "tableau_pivoting has widths up to 32");
 // (flatten: the checks it shares with block_pivoting are inlined too, so they run in the clone's vectors)
 MTL_CPU_CLONES __attribute__((flatten)) TableauOutcome tableau_pivoting(const QpState<double>& s, double tol, int64_t max_iter, double* z,
                                                double* T, double* row) {
   if (s.K <= 8) return tableau_pivoting_of_width<8>(s, tol, max_iter, z, T, row);
   if (s.K <= 16) return tableau_pivoting_of_width<16>(s, tol, max_iter, z, T, row);
-  if (s.K <= 32) return tableau_pivoting_of_width<32>(s, tol, max_iter, z, T, row);
-  return tableau_pivoting_of_width<64>(s, tol, max_iter, z, T, row);
+  return tableau_pivoting_of_width<32>(s, tol, max_iter, z, T, row);
 }
 
 // One problem: the tableau where it applies, else (or where it gave up) from scratch; where the tableau's block

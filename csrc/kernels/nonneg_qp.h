@@ -270,8 +270,8 @@ MTL_HD void clamp_solution(const QpState<scalar_t>& s, scalar_t* z) {
 }
 
 // Block pivoting from z = 0 (the torch path's steps, at most max_iter); if it has not settled (seen with random
-// q and a nearly singular M beyond K ~ 30, never on the aggregators' problems), at most max_iter active-set
-// steps. z: out (K values, >= 0, summing to 1 for the simplex form).
+// q and a nearly singular M beyond K ~ 20, and on a few UPGrad problems with a rank-deficient G), at most
+// max_iter active-set steps. z: out (K values, >= 0, summing to 1 for the simplex form).
 template <typename scalar_t>
 MTL_HD void solve_from_scratch(const QpState<scalar_t>& s, scalar_t tol, int64_t max_iter, scalar_t* z) {
   for (int64_t i = 0; i < s.K; ++i) z[i] = scalar_t(0);
