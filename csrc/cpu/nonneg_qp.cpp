@@ -205,8 +205,8 @@ at::Tensor nonneg_qp_cpu(const at::Tensor& M, const at::Tensor& q, bool simplex,
 }
 
 // qp_weights' M, linear terms and preference vector u (pref, or the mean when that is null), compiled per SIMD
-// level: its K * K loops vectorise.
-MTL_CPU_CLONES void prepare_qp_problems(const double* G, const double* pref, int64_t K, QpMethod kind,
+// level (flattened, so the helpers' K * K loops are too).
+MTL_CPU_CLONES __attribute__((flatten)) void prepare_qp_problems(const double* G, const double* pref, int64_t K, QpMethod kind,
                                         double regularization, double* M, double* Q, double* u) {
   for (int64_t i = 0; i < K; ++i) u[i] = qp_preference(pref, K, i);
   normalized_gram(G, K, regularization, M);
