@@ -225,7 +225,9 @@ def solve_nonnegative_qp(M: Tensor, q: Tensor, *, simplex: bool = False, tol: fl
     index (Murty's rule), which guarantees termination.
     The answer is exact up to the linear solves once no KKT condition is violated by more than ``tol`` (relative).
     Where the compiled op exists for M's device (csrc/kernels/nonneg_qp.h: the same steps, with a Cholesky of the
-    free block instead of a batched LU) it runs instead of the torch ops below, in float64.
+    free block instead of a batched LU) it runs instead of the torch ops below, in float64. On the CPU, problems
+    without the simplex constraint and K <= 32 take the same steps on a principal-pivot tableau (one rank-1
+    update per index that changes sides, csrc/cpu/nonneg_qp.cpp), checked against M at the end.
 
     Args:
         M: (K, K) symmetric positive definite.
