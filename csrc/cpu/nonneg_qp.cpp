@@ -3,6 +3,7 @@
 // so that a K = 16 problem costs one op dispatch instead of dozens of torch ops.
 #include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
+#include <c10/util/MaybeOwned.h>
 #include <torch/library.h>
 
 #include <limits>
@@ -186,11 +187,12 @@ void solve_batch(const double* M, const double* Q, int64_t B, int64_t K, bool si
   });
 }
 
-// t as a contiguous float64 tensor; checked here because .to() and .contiguous() cost a dispatch each even when
-// there is nothing to do, which shows at K = 16.
-at::Tensor contiguous_double(const at::Tensor& t) {
-  if (t.scalar_type() == at::kDouble && t.is_contiguous()) return t;
-  return t.to(at::kDouble).contiguous();
+// t as a contiguous float64 tensor, borrowed when it already is one; checked here because .to() and
+// .contiguous() cost a dispatch each even when there is nothing to do, which shows at K = 16 (as would copying
+// the tensor handle: two atomic reference-count updates).
+c10::MaybeOwned<at::Tensor> contiguous_double(const at::Tensor& t) {
+  if (t.scalar_type() == at::kDouble && t.is_contiguous()) return c10::MaybeOwned<at::Tensor>::borrowed(t);
+  return c10::MaybeOwned<at::Tensor>::owned(t.to(at::kDouble).contiguous());
 }
 
 at::Tensor nonneg_qp_cpu(const at::Tensor& M, const at::Tensor& q, bool simplex, double tol, int64_t max_iter) {
@@ -219,14 +221,14 @@ at::Tensor qp_weights_cpu(const at::Tensor& gram, const std::optional<at::Tensor
                           double regularization, double tol, int64_t max_iter) {
   const int64_t K = check_qp_weights_inputs(gram, pref, max_iter);
   const QpMethod kind = parse_qp_method(method);
-  const at::Tensor G = contiguous_double(gram);
-  at::Tensor pref_double;
+  const c10::MaybeOwned<at::Tensor> G = contiguous_double(gram);
+  c10::MaybeOwned<at::Tensor> pref_double;
   if (pref.has_value()) pref_double = contiguous_double(*pref);
   at::Tensor weights = at::detail::empty_cpu({K}, at::kDouble, std::nullopt, std::nullopt, std::nullopt,
                                              std::nullopt);
   double* w = weights.data_ptr<double>();
   if (qp_has_closed_form(kind, K)) {
-    for (int64_t j = 0; j < K; ++j) w[j] = qp_closed_form_weight(G.const_data_ptr<double>(), j);
+    for (int64_t j = 0; j < K; ++j) w[j] = qp_closed_form_weight(G->const_data_ptr<double>(), j);
     return weights;
   }
   const int64_t B = qp_problem_count(kind, K);
@@ -236,7 +238,7 @@ at::Tensor qp_weights_cpu(const at::Tensor& gram, const std::optional<at::Tensor
   double* Q = M + K * K;
   double* Z = Q + B * K;
   double* u = Z + B * K;
-  prepare_qp_problems(G.const_data_ptr<double>(), pref.has_value() ? pref_double.const_data_ptr<double>() : nullptr,
+  prepare_qp_problems(G->const_data_ptr<double>(), pref.has_value() ? pref_double->const_data_ptr<double>() : nullptr,
                       K, kind, regularization, M, Q, u);
   solve_batch(M, Q, B, K, /*simplex=*/false, tol, max_iter, Z);
   const double normalizer = qp_weight_normalizer(kind, Z, K);
