@@ -27,8 +27,9 @@ def _extensions():
     sources = ["csrc/ops.cpp", "csrc/python_module.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     # The C++ standard is left to torch's own default; SIMD width is chosen at run time (csrc/cpu/simd.h).
     # at::parallel_for is inlined into our code and only runs in parallel when compiled with OpenMP (the
-    # runtime is torch's own libgomp).
-    extra = {"cxx": ["-O3", "-fopenmp"]}
+    # runtime is torch's own libgomp). -Wno-psabi: GCC notes that the AVX-512 vector helpers of csrc/cpu/simd.h
+    # would pass vectors differently across a call; they are always inlined into their clone, so no call exists.
+    extra = {"cxx": ["-O3", "-fopenmp", "-Wno-psabi"]}
     link = ["-fopenmp"]
 
     with_cuda = _env_flag("MTL_FAST_FORCE_CUDA") or bool(torch.version.cuda and cpp_extension.CUDA_HOME)
