@@ -148,8 +148,9 @@ MTL_SIMD_INLINE TableauOutcome tableau_pivoting_of_width(const QpState<double>& 
 // The width for s.K (at most kMaxTableauWidth), compiled for each SIMD level.
 static_assert(kMaxTableauWidth == 32, "tableau_pivoting has widths up to 32");
 // (flatten: the checks it shares with block_pivoting are inlined too, so they run in the clone's vectors)
-MTL_CPU_CLONES __attribute__((flatten)) TableauOutcome tableau_pivoting(const QpState<double>& s, double tol, int64_t max_iter, double* z,
-                                               double* T, double* row) {
+MTL_CPU_CLONES __attribute__((flatten)) TableauOutcome tableau_pivoting(const QpState<double>& s, double tol,
+                                                                        int64_t max_iter, double* z, double* T,
+                                                                        double* row) {
   if (s.K <= 8) return tableau_pivoting_of_width<8>(s, tol, max_iter, z, T, row);
   if (s.K <= 16) return tableau_pivoting_of_width<16>(s, tol, max_iter, z, T, row);
   return tableau_pivoting_of_width<32>(s, tol, max_iter, z, T, row);
@@ -208,8 +209,9 @@ at::Tensor nonneg_qp_cpu(const at::Tensor& M, const at::Tensor& q, bool simplex,
 
 // qp_weights' M, linear terms and preference vector u (pref, or the mean when that is null), compiled per SIMD
 // level (flattened, so the helpers' K * K loops are too).
-MTL_CPU_CLONES __attribute__((flatten)) void prepare_qp_problems(const double* G, const double* pref, int64_t K, QpMethod kind,
-                                        double regularization, double* M, double* Q, double* u) {
+MTL_CPU_CLONES __attribute__((flatten)) void prepare_qp_problems(const double* G, const double* pref, int64_t K,
+                                                                 QpMethod kind, double regularization, double* M,
+                                                                 double* Q, double* u) {
   for (int64_t i = 0; i < K; ++i) u[i] = qp_preference(pref, K, i);
   normalized_gram(G, K, regularization, M);
   for (int64_t b = 0; b < qp_problem_count(kind, K); ++b) qp_linear_term(kind, M, u, K, b, Q + b * K);
