@@ -44,11 +44,11 @@ bool is_plain_cpu(PyObject* obj) {
 
 // A square floating gram with K >= 1 and no pref or a floating (K,) one: what the op accepts.
 bool is_well_formed(const at::Tensor& gram, const std::optional<at::Tensor>& pref) {
-  if (gram.dim() != 2 || gram.size(0) != gram.size(1) || gram.size(0) < 1 ||
-      !at::isFloatingType(gram.scalar_type()))
+  const c10::IntArrayRef sizes = gram.sizes();  // inline, where size(d) is a call
+  if (sizes.size() != 2 || sizes[0] != sizes[1] || sizes[0] < 1 || !at::isFloatingType(gram.scalar_type()))
     return false;
-  return !pref.has_value() || (pref->dim() == 1 && pref->size(0) == gram.size(0) &&
-                               at::isFloatingType(pref->scalar_type()));
+  return !pref.has_value() ||
+         (pref->dim() == 1 && pref->sizes()[0] == sizes[0] && at::isFloatingType(pref->scalar_type()));
 }
 
 // Releases the GIL for its lifetime when asked to (and takes it back even when the solve throws).
@@ -93,7 +93,7 @@ PyObject* qp_weights(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nar
   if (regularization == -1.0 && PyErr_Occurred()) return nullptr;
   const double tol = PyFloat_AsDouble(args[4]);
   if (tol == -1.0 && PyErr_Occurred()) return nullptr;
-  long long max_iter = mtl_fast::nonneg_qp_default_max_iter(gram.size(0));
+  long long max_iter = mtl_fast::nonneg_qp_default_max_iter(gram.sizes()[0]);
   if (args[5] != Py_None) {
     max_iter = PyLong_AsLongLong(args[5]);
     if (max_iter == -1 && PyErr_Occurred()) return nullptr;
@@ -102,7 +102,7 @@ PyObject* qp_weights(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nar
   {
     // Other Python threads may run during a long solve (UPGrad at K = 64 takes most of a millisecond), as the
     // op path allows; a K = 16 problem takes microseconds, less than handing the GIL over would be worth.
-    GilRelease release(gram.size(0) >= 32);
+    GilRelease release(gram.sizes()[0] >= 32);
     weights = mtl_fast::qp_weights_cpu(gram, pref, c10::string_view(method, method_size), regularization, tol,
                                        max_iter);
   }

@@ -27,13 +27,15 @@ inline int64_t check_nonneg_qp_inputs(const at::Tensor& M, const at::Tensor& q, 
 // gram (K, K), pref None or (K,), both floating on one device, a known method; returns K.
 inline int64_t check_qp_weights_inputs(const at::Tensor& gram, const std::optional<at::Tensor>& pref,
                                        int64_t max_iter) {
-  TORCH_CHECK(gram.dim() == 2 && gram.size(0) == gram.size(1) && gram.size(0) >= 1,
-              "gram: expected a square (K, K) matrix with K >= 1, got shape ", gram.sizes());
+  // sizes() rather than size(d), which is an out-of-line call each (it shows at K = 16)
+  const c10::IntArrayRef sizes = gram.sizes();
+  TORCH_CHECK(sizes.size() == 2 && sizes[0] == sizes[1] && sizes[0] >= 1,
+              "gram: expected a square (K, K) matrix with K >= 1, got shape ", sizes);
   TORCH_CHECK(at::isFloatingType(gram.scalar_type()), "gram: expected a floating dtype, got ",
               gram.scalar_type());
-  const int64_t K = gram.size(0);
+  const int64_t K = sizes[0];
   if (pref.has_value()) {
-    TORCH_CHECK(pref->dim() == 1 && pref->size(0) == K, "pref: expected shape (", K, "), got ", pref->sizes());
+    TORCH_CHECK(pref->dim() == 1 && pref->sizes()[0] == K, "pref: expected shape (", K, "), got ", pref->sizes());
     TORCH_CHECK(at::isFloatingType(pref->scalar_type()), "pref: expected a floating dtype, got ",
                 pref->scalar_type());
     TORCH_CHECK(pref->device() == gram.device(), "pref: is on ", pref->device(), " but gram is on ",

@@ -384,3 +384,22 @@ def test_cuda_opcheck():
     for method in QP_METHODS:
         torch.library.opcheck(torch.ops.mtl_fast.qp_weights.default,
                               (G, None, method, QP_REGULARIZATION, QP_TOLERANCE, 25))
+
+
+@needs_kernel
+def test_direct_result_is_an_ordinary_tensor():
+    """The direct CPU call allocates its result with plain malloc (csrc/cpu/nonneg_qp.cpp): it must behave as any
+    CPU tensor: in-place ops, growing its storage, sharing with numpy, saving."""
+    import io
+    w = _qp.direct_cpu_weights(gram(16), None, "mgda", QP_REGULARIZATION, QP_TOLERANCE)
+    assert w.shape == (16,) and w.dtype == torch.float64 and w.device.type == "cpu" and w.is_contiguous()
+    before = w.clone()
+    w.mul_(2)
+    assert torch.equal(w, 2 * before)
+    buffer = io.BytesIO()
+    torch.save(w, buffer)
+    buffer.seek(0)
+    assert torch.equal(torch.load(buffer), w)
+    w.resize_(4096).fill_(1.0)  # the storage grows through the same allocator
+    assert w.sum().item() == 4096
+    assert torch.equal(torch.from_numpy(w.numpy()), w)  # (which, as for any tensor, pins the storage's size)
