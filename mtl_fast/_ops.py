@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -128,10 +128,28 @@ def gram(chunks: Sequence[Tensor]) -> Tensor:
     return reference.gram(chunks)
 
 
+def finite_or_zero(G: Tensor) -> Tuple[Tensor, Tensor]:
+    """(G, or zeros in its place when any entry is NaN or infinite; whether G was all finite, a 0-dim bool).
+
+    The torch paths' half of the compiled ops' rule (``gram_is_finite`` in csrc/kernels/common.h): the weights of
+    a non-finite G (an overflowed or NaN gradient) are all NaN, and a stateful method keeps its state. A method
+    computes on the zeroed G, which every one handles finitely (no solver failure), then :func:`nan_unless`
+    marks the result. torch.where rather than a branch: no host synchronisation on accelerators.
+    """
+    finite = torch.isfinite(G).all()
+    return torch.where(finite, G, torch.zeros_like(G)), finite
+
+
+def nan_unless(finite: Tensor, values: Tensor) -> Tensor:
+    """``values`` where ``finite`` (from :func:`finite_or_zero`) holds, else NaN of the same shape."""
+    return torch.where(finite, values, torch.full_like(values, float("nan")))
+
+
 def pcgrad_weights(G: Tensor, orders: Tensor) -> Tensor:
     if has_kernel(G.device.type):
         return torch.ops.mtl_fast.pcgrad_weights(G, orders)
-    return reference.pcgrad_weights(G, orders)
+    G, finite = finite_or_zero(G)
+    return nan_unless(finite, reference.pcgrad_weights(G, orders))
 
 
 def combine(chunks: Sequence[Tensor], weights: Tensor) -> List[Tensor]:

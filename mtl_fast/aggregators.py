@@ -42,7 +42,10 @@ class GramAggregator(Aggregator):
 
     @abstractmethod
     def weights(self, G: Tensor) -> Tensor:
-        """The (K,) float64 combination weights for the Gram matrix G (K x K)."""
+        """The (K,) float64 combination weights for the Gram matrix G (K x K).
+
+        Every method that reads G returns all-NaN weights for a G with a NaN or infinite entry (an overflowed
+        gradient) and leaves its state as it was; fixed-weight ones do not read G."""
 
     def aggregate_chunks(self, chunks: List[Tensor]) -> List[Tensor]:
         return _ops.combine(chunks, self.weights(_ops.gram(chunks)))
@@ -365,18 +368,18 @@ class MGDA(GramAggregator):
         compiled = None if differentiable_pair else _compiled_qp_weights(G, K, "mgda")
         if compiled is not None:
             return compiled
+        G, finite = _ops.finite_or_zero(G.double())
         if K == 2:
-            G = G.double()
             gap = G[0, 0] + G[1, 1] - 2 * G[0, 1]
             # Identical (or both zero) gradients make the gap 0: any convex weight is optimal, take the middle.
             first = torch.where(gap > 0, (G[1, 1] - G[0, 1]) / torch.where(gap > 0, gap, torch.ones_like(gap)),
                                 torch.full_like(gap, 0.5)).clamp(0.0, 1.0)
-            return torch.stack([first, 1.0 - first])
+            return _ops.nan_unless(finite, torch.stack([first, 1.0 - first]))
         M = _normalized_gram(G)
         # For positive definite M, the minimiser z of 1/2 z^T M z - sum(z) over z >= 0, normalised, is the simplex
         # minimiser (the KKT conditions map onto each other with lambda = 1 / sum(z)); this form pivots faster.
         z = solve_nonnegative_qp(M, -torch.ones(1, K, dtype=M.dtype, device=M.device))[0]
-        return z / z.sum()
+        return _ops.nan_unless(finite, z / z.sum())
 
 
 class _DualConeProjection(_WithPreference):
@@ -399,8 +402,9 @@ class _DualConeProjection(_WithPreference):
         compiled = _compiled_qp_weights(G, K, self._qp_method, self._preference_or_mean(K, G.device))
         if compiled is not None:
             return compiled
+        G, finite = _ops.finite_or_zero(G)
         M = _normalized_gram(G)
-        return self._torch_weights(M, self.preference(K, M.device))
+        return _ops.nan_unless(finite, self._torch_weights(M, self.preference(K, M.device)))
 
 
 class DualProj(_DualConeProjection):
@@ -471,10 +475,11 @@ class CAGrad(GramAggregator):
 
     def weights(self, G: Tensor) -> Tensor:
         K = check_gram(G)
+        G, finite = _ops.finite_or_zero(G)
         M = _normalized_gram(G)
         mean = torch.full((K,), 1.0 / K, dtype=M.dtype, device=M.device)
         if self.c == 0.0 or K == 1:
-            return mean
+            return _ops.nan_unless(finite, mean)
         b = M @ mean
         radius = self.c * (mean @ b).sqrt()
         rho = torch.full((), self.c, dtype=M.dtype, device=M.device)  # exact when the optimum is w* = mean
@@ -498,7 +503,8 @@ class CAGrad(GramAggregator):
         w = w[0]
         norm = (w @ M @ w).clamp_min(0.0).sqrt()
         stationary = norm <= 1e-12 * radius
-        return mean + torch.where(stationary, torch.zeros_like(norm), radius / torch.where(stationary, 1.0, norm)) * w
+        correction = torch.where(stationary, torch.zeros_like(norm), radius / torch.where(stationary, 1.0, norm))
+        return _ops.nan_unless(finite, mean + correction * w)
 
     def __repr__(self) -> str:
         return f"CAGrad(c={self.c})"
@@ -517,7 +523,7 @@ class IMTLG(GramAggregator):
 
     def weights(self, G: Tensor) -> Tensor:
         check_gram(G)
-        G = G.double()
+        G, finite = _ops.finite_or_zero(G.double())  # eigh would raise on a NaN
         eigenvalues, vectors = torch.linalg.eigh(G)
         cutoff = eigenvalues.amax().clamp_min(0.0) * G.shape[0] * torch.finfo(G.dtype).eps
         keep = eigenvalues > cutoff
@@ -525,7 +531,8 @@ class IMTLG(GramAggregator):
         v = vectors @ (inverse * (vectors.T @ G.diagonal().clamp_min(0.0).sqrt()))
         total = v.sum()
         degenerate = total.abs() <= 1e-12 * v.abs().sum()
-        return torch.where(degenerate, torch.zeros_like(v), v / torch.where(degenerate, 1.0, total))
+        w = torch.where(degenerate, torch.zeros_like(v), v / torch.where(degenerate, 1.0, total))
+        return _ops.nan_unless(finite, w)
 
 
 class GradVac(GramAggregator):
@@ -582,11 +589,13 @@ class GradVac(GramAggregator):
             _check_orders(orders, K)
         if self.phi_hat is None or self.phi_hat.shape[0] != K:
             self.phi_hat = torch.zeros(K, K, dtype=G.dtype, device=G.device)
-        phi_hat = self.phi_hat.to(G.device)
-        compiled = _gradvac_op.gradvac_weights(G, orders, phi_hat, self.beta)
-        if compiled is not None:
+        previous = self.phi_hat.to(G.device)
+        compiled = _gradvac_op.gradvac_weights(G, orders, previous, self.beta)
+        if compiled is not None:  # (it returns NaN weights and the old targets for a non-finite G itself)
             weights, self.phi_hat = compiled
             return weights
+        G, finite = _ops.finite_or_zero(G)
+        phi_hat = previous.clone()
         # The same step in torch ops, every task at once (one row of C per task; kernels/gradvac.h per row).
         rows = torch.arange(K, device=G.device)
         C = torch.eye(K, dtype=G.dtype, device=G.device)
@@ -606,8 +615,9 @@ class GradVac(GramAggregator):
             coeff = norm_i * (target * (1.0 - phi ** 2).clamp_min(0.0).sqrt() - phi * target_sine)
             C[rows, j] += torch.where(act, coeff / torch.where(act, step_denom, 1.0), 0.0)
             phi_hat[rows, j] = torch.where(valid, (1.0 - self.beta) * target + self.beta * phi, target)
-        self.phi_hat = phi_hat
-        return C.sum(0)
+        # a non-finite G keeps the targets (a step that AMP's GradScaler skips leaves no trace)
+        self.phi_hat = torch.where(finite, phi_hat, previous)
+        return _ops.nan_unless(finite, C.sum(0))
 
     def __repr__(self) -> str:
         return f"GradVac(beta={self.beta}, seed={self._orders.seed})"
@@ -640,7 +650,7 @@ class AlignedMTL(_WithPreference):
 
     def weights(self, G: Tensor) -> Tensor:
         K = check_gram(G)
-        G = G.double()
+        G, finite = _ops.finite_or_zero(G.double())  # eigh would raise on a NaN
         u = self.preference(K, G.device)
         eigenvalues, vectors = torch.linalg.eigh(G)
         cutoff = eigenvalues.amax() * K * torch.finfo(G.dtype).eps
@@ -654,7 +664,7 @@ class AlignedMTL(_WithPreference):
             sigma = torch.where(keep, eigenvalues, 0.0).sum() / keep.sum().clamp_min(1)
         scaled = torch.where(keep, (sigma / torch.where(keep, eigenvalues, 1.0)).sqrt(), 0.0)
         w = vectors @ (scaled * (vectors.T @ u))
-        return torch.where(keep.any(), w, u)
+        return _ops.nan_unless(finite, torch.where(keep.any(), w, u))
 
     def __repr__(self) -> str:
         pref = None if self.pref_vector is None else self.pref_vector.tolist()
@@ -728,14 +738,18 @@ class NashMTL(GramAggregator):
 
     def weights(self, G: Tensor) -> Tensor:
         K = check_gram(G)
-        if self.last_beta is None or self.last_beta.numel() != K or self.step % self.update_weights_every == 0:
+        G, finite = _ops.finite_or_zero(G.double())
+        if self.last_beta is None or self.last_beta.numel() != K:
             self.last_beta = self.solve(G)
+        elif self.step % self.update_weights_every == 0:
+            # a non-finite G keeps the last solution (a step that AMP's GradScaler skips leaves no trace)
+            self.last_beta = torch.where(finite, self.solve(G), self.last_beta.to(G.device))
         self.step += 1
         beta = self.last_beta.to(G.device)
         if self.max_norm > 0:
-            norm = (beta @ G.double() @ beta).clamp_min(0.0).sqrt()
+            norm = (beta @ G @ beta).clamp_min(0.0).sqrt()
             beta = beta * torch.where(norm > self.max_norm, self.max_norm / torch.where(norm > 0, norm, 1.0), 1.0)
-        return beta
+        return _ops.nan_unless(finite, beta)
 
     def __repr__(self) -> str:
         return (f"NashMTL(max_norm={self.max_norm}, update_weights_every={self.update_weights_every}, "

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import mtl_fast as mf
+from mtl_fast import _gradvac_op, _ops, _qp
 from mtl_fast import reference as ref
 from mtl_fast.aggregators import draw_pcgrad_orders, solve_nonnegative_qp
 from mtl_fast.models import MultiTaskNet
@@ -170,6 +171,36 @@ def test_degenerate_inputs_stay_finite(name):
         w = FACTORIES[name]().weights(J @ J.T)
         assert w.shape == (K,) and torch.isfinite(w).all()
     assert torch.isfinite(FACTORIES[name]().weights(torch.ones(1, 1, dtype=torch.float64))).all()
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "torch-ops"])
+@pytest.mark.parametrize("name", list(FACTORIES) + ["PCGrad"])
+def test_nonfinite_gram_gives_nan_weights_and_keeps_state(name, compiled, monkeypatch):
+    """An overflowed or NaN gradient (AMP's fp16 overflow) gives all-NaN weights on every path instead of an error,
+    finite garbage or a poisoned state: GradVac's targets and NashMTL's last solution stay as they were, so the
+    next (finite) step matches a run that never saw the bad one."""
+    if not compiled:
+        for module in (_qp, _gradvac_op, _ops):
+            monkeypatch.setattr(module, "_DEVICES" if module is not _ops else "_KERNEL_DEVICES", frozenset())
+    make = FACTORIES.get(name, lambda: mf.PCGrad(seed=0))
+    for K in (1, 2, 5, 16):
+        good = jacobian(K, seed=K)
+        G_good = good @ good.T
+        for bad in (float("nan"), float("inf"), float("-inf")):
+            G_bad = G_good.clone()
+            G_bad[K - 1, 0] = G_bad[0, K - 1] = bad
+            seen_bad, clean = make(), make()
+            # GradVac's visiting orders are pinned: drawn ones would advance with the bad step
+            extra = (draw_pcgrad_orders(K, torch.device("cpu")),) if name == "GradVac" else ()
+            first = (seen_bad.weights(G_good, *extra), clean.weights(G_good, *extra))
+            w = seen_bad.weights(G_bad, *extra)
+            assert w.shape == (K,) and torch.isnan(w).all(), (K, bad, w)
+            if name == "PCGrad":
+                continue  # stateless
+            if name == "NashMTL":  # the step count moves on; give the clean run the same count
+                clean.step += 1
+            after, expected = seen_bad.weights(G_good, *extra), clean.weights(G_good, *extra)
+            assert torch.equal(first[0], first[1]) and torch.allclose(after, expected, rtol=1e-12, atol=0), name
 
 
 @pytest.mark.parametrize("name", NON_CONFLICTING)

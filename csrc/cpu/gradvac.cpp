@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <limits>
 #include <tuple>
 #include <vector>
 
@@ -34,6 +35,9 @@ std::tuple<at::Tensor, at::Tensor> gradvac_weights_cpu(const at::Tensor& gram, c
   const at::Tensor ord = orders.contiguous();
   const at::Tensor targets = phi_hat.to(at::kDouble).contiguous();
   check_orders_are_permutations(ord.const_data_ptr<int64_t>(), K);
+  // A non-finite G: NaN weights, and the targets as they were (a step that AMP's GradScaler skips leaves no trace)
+  if (!gram_is_finite(G.const_data_ptr<double>(), K))
+    return {at::full({K}, std::numeric_limits<double>::quiet_NaN(), G.options()), targets.clone()};
   at::Tensor coef = at::empty({K, K}, G.options());
   at::Tensor new_targets = at::empty({K, K}, G.options());
   const double* g = G.const_data_ptr<double>();

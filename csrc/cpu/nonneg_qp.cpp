@@ -252,6 +252,10 @@ at::Tensor qp_weights_cpu(const at::Tensor& gram, const std::optional<at::Tensor
   if (pref.has_value()) pref_double = contiguous_double(*pref);
   at::Tensor weights = empty_small_double(K);
   double* w = weights.data_ptr<double>();
+  if (!gram_is_finite(G->const_data_ptr<double>(), K)) {
+    for (int64_t j = 0; j < K; ++j) w[j] = std::numeric_limits<double>::quiet_NaN();
+    return weights;
+  }
   if (qp_has_closed_form(kind, K)) {
     for (int64_t j = 0; j < K; ++j) w[j] = qp_closed_form_weight(G->const_data_ptr<double>(), j);
     return weights;

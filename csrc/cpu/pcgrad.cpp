@@ -1,6 +1,7 @@
 // CPU PCGrad weights: runs the shared coefficient recurrence of kernels/pcgrad.h for every task.
 #include <torch/library.h>
 
+#include <limits>
 #include <vector>
 
 #include "checks.h"
@@ -14,6 +15,8 @@ at::Tensor pcgrad_weights_cpu(const at::Tensor& gram, const at::Tensor& orders) 
   const at::Tensor G = gram.to(at::kDouble).contiguous();
   const at::Tensor ord = orders.contiguous();
   check_orders_are_permutations(ord.const_data_ptr<int64_t>(), K);
+  if (!gram_is_finite(G.const_data_ptr<double>(), K))  // NaN weights, as every Gram-based op returns for such a G
+    return at::full({K}, std::numeric_limits<double>::quiet_NaN(), G.options());
   at::Tensor weights = at::zeros({K}, G.options());
   double* w = weights.data_ptr<double>();
   std::vector<double> coef(K);

@@ -2,6 +2,8 @@
 // The problems are K x K with K <= a few dozen and need a data-dependent number of pivoting steps, so a thread
 // each (UPGrad's K problems run side by side) keeps the pivoting logic identical to the CPU's; the point is
 // that nothing leaves the GPU, not the speed of this small solve.
+#include <math_constants.h>
+
 #include "kernels/nonneg_qp_launch.h"
 
 namespace mtl_fast {
@@ -34,14 +36,19 @@ __global__ void __launch_bounds__(kThreads)
     qp_linear_term(method, M, pref, K, b, Q + b * K);
 }
 
-__global__ void __launch_bounds__(kThreads)
-    qp_finish_kernel(const double* Z, const double* pref, int64_t K, QpMethod method, double* weights) {
+// (G is read again only for gram_is_finite: a non-finite G gives NaN weights, whatever the solver returned.)
+__global__ void __launch_bounds__(kThreads) qp_finish_kernel(const double* G, const double* Z, const double* pref,
+                                                             int64_t K, QpMethod method, double* weights) {
+  const bool finite = gram_is_finite(G, K);
   const double normalizer = qp_weight_normalizer(method, Z, K);
-  for (int64_t j = threadIdx.x; j < K; j += blockDim.x) weights[j] = qp_weight(method, Z, pref, K, j, normalizer);
+  for (int64_t j = threadIdx.x; j < K; j += blockDim.x)
+    weights[j] = finite ? qp_weight(method, Z, pref, K, j, normalizer) : CUDART_NAN;
 }
 
 __global__ void __launch_bounds__(kThreads) qp_closed_form_kernel(const double* G, int64_t K, double* weights) {
-  for (int64_t j = threadIdx.x; j < K; j += blockDim.x) weights[j] = qp_closed_form_weight(G, j);
+  const bool finite = gram_is_finite(G, K);
+  for (int64_t j = threadIdx.x; j < K; j += blockDim.x)
+    weights[j] = finite ? qp_closed_form_weight(G, j) : CUDART_NAN;
 }
 
 }  // namespace
@@ -62,7 +69,7 @@ void qp_weights_launch(const double* G, const double* pref, int64_t K, QpMethod 
   qp_prepare_kernel<<<1, kThreads, 0, stream>>>(G, pref, K, method, regularization, M, Q);
   nonneg_qp_launch(M, Q, qp_problem_count(method, K), K, /*simplex=*/false, tol, max_iter, Z, work, iwork,
                    stream);
-  qp_finish_kernel<<<1, kThreads, 0, stream>>>(Z, pref, K, method, weights);
+  qp_finish_kernel<<<1, kThreads, 0, stream>>>(G, Z, pref, K, method, weights);
 }
 
 }  // namespace cuda

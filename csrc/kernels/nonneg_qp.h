@@ -364,7 +364,7 @@ MTL_HD void qp_linear_term(QpMethod method, const scalar_t* M, const scalar_t* p
 
 // MGDA with two tasks has a closed form (Sener & Koltun 2018, Algorithm 2), taken on G itself:
 // w_1 = clip((G22 - G12) / (G11 + G22 - 2 G12), 0, 1), w_2 = 1 - w_1; identical or all-zero gradients (a gap
-// that is not positive, or NaN) take the middle.
+// that is not positive) take the middle. (A non-finite G never gets here: gram_is_finite.)
 MTL_HD inline bool qp_has_closed_form(QpMethod method, int64_t K) { return method == QpMethod::kMinNorm && K == 2; }
 
 template <typename scalar_t>

@@ -1,5 +1,7 @@
 // PCGrad weights on the device: the same coefficient recurrence as the CPU op (kernels/pcgrad.h), one thread
 // per task in a single block, so nothing leaves the GPU and the launch can be captured in a CUDA graph.
+#include <math_constants.h>
+
 #include "kernels/launch.h"
 #include "kernels/pcgrad.h"
 
@@ -16,10 +18,11 @@ __global__ void __launch_bounds__(kMaxThreads)
   for (int64_t i = threadIdx.x; i < K; i += blockDim.x)
     pcgrad_row_coefficients(gram, orders + i * (K - 1), K, i, coef + i * K);
   __syncthreads();
+  const bool finite = gram_is_finite(gram, K);
   for (int64_t a = threadIdx.x; a < K; a += blockDim.x) {
     double total = 0.0;
     for (int64_t i = 0; i < K; ++i) total += coef[i * K + a];
-    weights[a] = total;
+    weights[a] = finite ? total : CUDART_NAN;
   }
 }
 
