@@ -61,7 +61,7 @@ def random_problems(K, rank, seed):
 
 
 @needs_kernel
-@pytest.mark.parametrize("K", [1, 2, 3, 8, 16, 33, 64])
+@pytest.mark.parametrize("K", [1, 2, 3, 8, 12, 16, 20, 33, 64])  # tableau widths 8, 16, 32, padded or not
 @pytest.mark.parametrize("simplex", [False, True])
 @pytest.mark.filterwarnings("ignore:solve_nonnegative_qp.*did not settle")  # random q at K = 64: compared where settled
 def test_solver_matches_torch_path(K, simplex, torch_path):
@@ -128,7 +128,7 @@ def test_singular_or_nan_m_stays_finite():
 
 @needs_kernel
 @pytest.mark.parametrize("method", list(QP_METHODS))
-@pytest.mark.parametrize("K", [1, 2, 3, 4, 8, 9, 16, 32, 33, 64])  # the CPU tableau's widths are 8, 16 and 32
+@pytest.mark.parametrize("K", [1, 2, 3, 4, 8, 9, 16, 20, 32, 33, 64])  # the CPU tableau's widths are 8, 16 and 32
 def test_weights_match_torch_path(method, K, torch_path):
     for seed, rank, scale in ((0, None, 1.0), (1, max(1, K // 3), 1e-30), (2, None, 1e30), (3, 2, 1.0),
                               (4, None, 1e-310)):  # a trace whose reciprocal overflows

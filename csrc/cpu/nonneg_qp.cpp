@@ -53,7 +53,7 @@ Scratch& thread_scratch() {
 // M z + q = 0 on F within the multipliers' tolerance. Like the Cholesky path's, its answer is then a KKT point
 // to that tolerance; on the aggregators' problems (M regularised by 1e-6 I) the two agree to ~1e-10 relative,
 // and for M near singularity (regularisation below ~1e-10) both lose accuracy in z while keeping the KKT
-// conditions. T: K x W scalars, row: W; r goes to s.x1.
+// conditions. T: K x W scalars, the pivot row W, M padded to W columns K x W; r, q and the flags in TableauLanes.
 constexpr int64_t kMaxTableauWidth = 32;
 
 enum class TableauOutcome {
@@ -80,14 +80,120 @@ MTL_SIMD_INLINE void principal_pivot(double* __restrict T, double* __restrict r,
   r[p] = -rp * inv;
 }
 
+// The KKT checks of tableau_pivoting over whole vectors of its width W (K rounded up): the values beyond K are
+// padding that never counts (r = q = 0 off F, zero rows and columns of M). At K = 16 these checks took as long
+// as the pivots when they ran over K scalars, with M z accumulated through memory.
+template <int W>
+struct TableauLanes {
+  static constexpr int kVecs = W / 8;
+  alignas(64) double r[W];
+  alignas(64) double q[W];
+  alignas(64) int64_t free[W];  // 0 or -1 (all bits), the lanes of a vector select
+  alignas(64) int64_t flip[W];
+};
+
+typedef int64_t Vec8l __attribute__((vector_size(64)));
+
+MTL_SIMD_INLINE Vec8d abs8(Vec8d v) {
+  return reinterpret_cast<Vec8d>(reinterpret_cast<Vec8l>(v) & Vec8l{} + std::numeric_limits<int64_t>::max());
+}
+
+MTL_SIMD_INLINE Vec8l load8l(const int64_t* p) {
+  Vec8l v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+// max_of over the lanes, in max_of's convention (a NaN lane may or may not win, as in a scalar loop)
+MTL_SIMD_INLINE double max_lanes(Vec8d v) {
+  double m = v[0];
+  for (int l = 1; l < 8; ++l) m = max_of(m, v[l]);
+  return m;
+}
+
+MTL_SIMD_INLINE Vec8d max8(Vec8d a, Vec8d b) { return a > b ? a : b; }
+
+// Marks in L.flip the KKT violations of the basic solution r (on F, z = r and M z = -q; off F, M z = r - q), as
+// mark_kkt_violations does; returns their number and sets `last` to the largest such index.
+template <int W>
+MTL_SIMD_INLINE int64_t mark_tableau_violations(const QpState<double>& s, TableauLanes<W>& L, double tol,
+                                                int64_t& last) {
+  constexpr int V = TableauLanes<W>::kVecs;
+  Vec8d z_max{}, Mz_max{};
+  for (int v = 0; v < V; ++v) {
+    const Vec8d r = load8(L.r + 8 * v), q = load8(L.q + 8 * v);
+    const Vec8l on_free = load8l(L.free + 8 * v);
+    z_max = max8(z_max, on_free ? abs8(r) : Vec8d{});
+    Mz_max = max8(Mz_max, abs8(on_free ? q : r - q));
+  }
+  const double z_scale = max_lanes(z_max);
+  const Vec8d z_bound = Vec8d{} - tol * z_scale;
+  const Vec8d m_bound = Vec8d{} - multiplier_tolerance(s, tol, z_scale, max_lanes(Mz_max));
+  Vec8l count{}, largest = Vec8l{} - 1;
+  for (int v = 0; v < V; ++v) {
+    const Vec8l flip = load8(L.r + 8 * v) < (load8l(L.free + 8 * v) ? z_bound : m_bound);
+    std::memcpy(L.flip + 8 * v, &flip, sizeof(flip));
+    count -= flip;
+    const Vec8l index = Vec8l{0, 1, 2, 3, 4, 5, 6, 7} + 8 * v;
+    largest = flip ? index : largest;  // indices grow with v, so the last vector's marks win
+  }
+  last = -1;
+  int64_t total = 0;
+  for (int l = 0; l < 8; ++l) {
+    total += count[l];
+    last = largest[l] > last ? largest[l] : last;
+  }
+  return total;
+}
+
+// Whether z (r on F, 0 off it) passes the checks on M itself: the KKT conditions as mark_kkt_violations checks
+// them, and M z + q = 0 on F within the multipliers' tolerance plus the rounding of M z + q itself (so that
+// tol = 0 still accepts an exact answer). M_padded: M's rows at stride W, zero beyond K.
+template <int W>
+MTL_SIMD_INLINE bool tableau_answer_holds(const QpState<double>& s, const TableauLanes<W>& L,
+                                          const double* M_padded, double tol) {
+  constexpr int V = TableauLanes<W>::kVecs;
+  Vec8d z[V], Mz[V];
+  for (int v = 0; v < V; ++v) {
+    z[v] = load8l(L.free + 8 * v) ? load8(L.r + 8 * v) : Vec8d{};
+    Mz[v] = Vec8d{};
+  }
+  // M z row by row of M (symmetric), in registers; z is 0 off F, so those rows are skipped
+  for (int64_t i = 0; i < s.K; ++i) {
+    if (!L.free[i]) continue;
+    for (int v = 0; v < V; ++v) Mz[v] += L.r[i] * load8(M_padded + i * W + 8 * v);
+  }
+  Vec8d z_max{}, Mz_max{};
+  for (int v = 0; v < V; ++v) {
+    z_max = max8(z_max, abs8(z[v]));
+    Mz_max = max8(Mz_max, abs8(Mz[v]));
+  }
+  const double z_scale = max_lanes(z_max), Mz_scale = max_lanes(Mz_max);
+  const double multiplier_slack = multiplier_tolerance(s, tol, z_scale, Mz_scale);
+  const Vec8d z_bound = Vec8d{} - tol * z_scale, m_bound = Vec8d{} - multiplier_slack;
+  const Vec8d stationarity = Vec8d{} + multiplier_slack + double(s.K) * std::numeric_limits<double>::epsilon() *
+                                                               (s.q_scale + Mz_scale);
+  Vec8l fails{};
+  for (int v = 0; v < V; ++v) {
+    const Vec8l on_free = load8l(L.free + 8 * v);
+    const Vec8d multiplier = Mz[v] + load8(L.q + 8 * v);
+    // off F a negative multiplier; on F a negative z, or a multiplier that is not 0 (NaN fails too)
+    fails |= on_free ? (z[v] < z_bound) | !(abs8(multiplier) <= stationarity) : multiplier < m_bound;
+  }
+  for (int l = 0; l < 8; ++l)
+    if (fails[l]) return false;
+  return true;
+}
+
 template <int W>
 MTL_SIMD_INLINE TableauOutcome tableau_pivoting_of_width(const QpState<double>& s, double tol, int64_t max_iter,
-                                                         double* z, double* T, double* row) {
+                                                         double* z, double* T, double* row, double* M_padded) {
   const int64_t K = s.K;
-  double* r = s.x1;
-  for (int64_t i = 0; i < K; ++i) {
-    r[i] = s.q[i];
-    s.free[i] = 0;
+  TableauLanes<W> L;
+  for (int j = 0; j < W; ++j) {
+    L.r[j] = j < K ? s.q[j] : 0.0;
+    L.q[j] = L.r[j];
+    L.free[j] = 0;
   }
   bool tableau_filled = false;  // T = M is filled in at the first pivot: a problem with nothing to flip needs none
   // Pivoting an index off F divides by (M_FF^-1)_pp, which is in the units of 1 / M: its floor is the reciprocal
@@ -97,22 +203,8 @@ MTL_SIMD_INLINE TableauOutcome tableau_pivoting_of_width(const QpState<double>& 
   int64_t best = K + 1, patience = patience_reset;
   bool settled = false;
   for (int64_t iteration = 0; iteration < max_iter && !settled; ++iteration) {
-    // mark_kkt_violations' checks, read off r: on F, z = r and M z = -q; off F, M z = r - q
-    double z_scale = 0.0, Mz_scale = 0.0;
-    for (int64_t i = 0; i < K; ++i) {
-      z_scale = s.free[i] ? max_of(z_scale, std::fabs(r[i])) : z_scale;
-      Mz_scale = max_of(Mz_scale, std::fabs(s.free[i] ? s.q[i] : r[i] - s.q[i]));
-    }
-    const double z_bound = -tol * z_scale;
-    const double m_bound = -multiplier_tolerance(s, tol, z_scale, Mz_scale);
-    int64_t count = 0, last = -1;
-    for (int64_t i = 0; i < K; ++i) {
-      s.flip[i] = r[i] < (s.free[i] ? z_bound : m_bound);
-      if (s.flip[i]) {
-        ++count;
-        last = i;
-      }
-    }
+    int64_t last;
+    const int64_t count = mark_tableau_violations(s, L, tol, last);
     settled = count == 0;
     const bool improved = count < best;
     const bool block = improved || patience > 0;
@@ -120,30 +212,20 @@ MTL_SIMD_INLINE TableauOutcome tableau_pivoting_of_width(const QpState<double>& 
     best = count < best ? count : best;
     if (!settled && !tableau_filled) {
       for (int64_t i = 0; i < K; ++i)
-        for (int j = 0; j < W; ++j) T[i * W + j] = j < K ? s.M[i * K + j] : 0.0;
+        for (int j = 0; j < W; ++j) T[i * W + j] = M_padded[i * W + j] = j < K ? s.M[i * K + j] : 0.0;
       tableau_filled = true;
     }
     for (int64_t i = 0; i < K && !settled; ++i) {
-      if (!(block ? s.flip[i] : i == last)) continue;
-      if (!(T[i * W + i] > (s.free[i] ? free_floor : s.floor))) return TableauOutcome::kGaveUp;  // NaN too
-      principal_pivot<W>(T, r, K, i, row);
-      s.free[i] ^= 1;
+      if (!(block ? L.flip[i] : i == last)) continue;
+      if (!(T[i * W + i] > (L.free[i] ? free_floor : s.floor))) return TableauOutcome::kGaveUp;  // NaN too
+      principal_pivot<W>(T, L.r, K, i, row);
+      L.free[i] = ~L.free[i];
     }
   }
   if (!settled) return TableauOutcome::kUnsettled;
-  for (int64_t i = 0; i < K; ++i) z[i] = s.free[i] ? r[i] : 0.0;
-  int64_t last;
-  if (mark_kkt_violations(s, z, 0.0, tol, last) != 0) return TableauOutcome::kGaveUp;  // leaves M z in s.Mz
-  double z_scale = 0.0, Mz_scale = 0.0;
-  for (int64_t i = 0; i < K; ++i) {
-    z_scale = max_of(z_scale, std::fabs(z[i]));
-    Mz_scale = max_of(Mz_scale, std::fabs(s.Mz[i]));
-  }
-  // plus the rounding of M z + q itself, so that tol = 0 still accepts an exact answer
-  const double stationarity = multiplier_tolerance(s, tol, z_scale, Mz_scale) +
-                              double(K) * std::numeric_limits<double>::epsilon() * (s.q_scale + Mz_scale);
-  for (int64_t i = 0; i < K; ++i)
-    if (s.free[i] && !(std::fabs(s.Mz[i] + s.q[i]) <= stationarity)) return TableauOutcome::kGaveUp;
+  // with nothing ever flipped, z = 0 and M z = 0: the checks of the first iteration were the whole story
+  if (tableau_filled && !tableau_answer_holds(s, L, M_padded, tol)) return TableauOutcome::kGaveUp;
+  for (int64_t i = 0; i < K; ++i) z[i] = L.free[i] ? L.r[i] : 0.0;
   return TableauOutcome::kSolved;
 }
 
@@ -151,18 +233,20 @@ MTL_SIMD_INLINE TableauOutcome tableau_pivoting_of_width(const QpState<double>& 
 static_assert(kMaxTableauWidth == 32, "tableau_pivoting has widths up to 32");
 // (flatten: the checks it shares with block_pivoting are inlined too, so they run in the clone's vectors)
 MTL_CPU_CLONES __attribute__((flatten)) TableauOutcome tableau_pivoting(const QpState<double>& s, double tol,
-                                                                        int64_t max_iter, double* z, double* T,
-                                                                        double* row) {
-  if (s.K <= 8) return tableau_pivoting_of_width<8>(s, tol, max_iter, z, T, row);
-  if (s.K <= 16) return tableau_pivoting_of_width<16>(s, tol, max_iter, z, T, row);
-  return tableau_pivoting_of_width<32>(s, tol, max_iter, z, T, row);
+                                                                        int64_t max_iter, double* z, double* T) {
+  // T's buffer ((2 K + 1) x kMaxTableauWidth scalars): the tableau, its pivot row, M padded to the same width
+  double* row = T + s.K * kMaxTableauWidth;
+  double* M_padded = row + kMaxTableauWidth;
+  if (s.K <= 8) return tableau_pivoting_of_width<8>(s, tol, max_iter, z, T, row, M_padded);
+  if (s.K <= 16) return tableau_pivoting_of_width<16>(s, tol, max_iter, z, T, row, M_padded);
+  return tableau_pivoting_of_width<32>(s, tol, max_iter, z, T, row, M_padded);
 }
 
 // One problem: the tableau where it applies, else (or where it gave up) from scratch; where the tableau's block
 // pivoting did not settle, block_pivoting would not either, so the active-set method takes over directly.
 void solve_one(const QpState<double>& s, double tol, int64_t max_iter, double* z, double* T) {
   if (T == nullptr) return solve_from_scratch(s, tol, max_iter, z);
-  switch (tableau_pivoting(s, tol, max_iter, z, T, T + s.K * kMaxTableauWidth)) {
+  switch (tableau_pivoting(s, tol, max_iter, z, T)) {
     case TableauOutcome::kSolved:
       return clamp_solution(s, z);
     case TableauOutcome::kUnsettled:
@@ -183,8 +267,8 @@ void solve_batch(const double* M, const double* Q, int64_t B, int64_t K, bool si
     double* work = at_least(scratch.work, nonneg_qp_workspace(K));
     int* iwork = at_least(scratch.iwork, nonneg_qp_index_workspace(K));
     const bool tableau = !simplex && K <= kMaxTableauWidth;
-    // the tableau, then its pivot row; none for the problems it does not serve
-    double* T = tableau ? at_least(scratch.tableau, (K + 1) * kMaxTableauWidth) : nullptr;
+    // none for the problems it does not serve
+    double* T = tableau ? at_least(scratch.tableau, (2 * K + 1) * kMaxTableauWidth) : nullptr;
     for (int64_t b = begin; b < end; ++b)
       solve_one(make_qp_state(M, Q + b * K, K, simplex, work, iwork), tol, max_iter, Z + b * K, T);
   });
@@ -231,6 +315,11 @@ at::Tensor empty_small_double(int64_t size) {
                                    std::nullopt);
 }
 
+// gram_is_finite compiled per SIMD level: in the baseline build it stays scalar.
+MTL_CPU_CLONES __attribute__((flatten)) bool is_finite_gram(const double* G, int64_t K) {
+  return gram_is_finite(G, K);
+}
+
 // qp_weights' M, linear terms and preference vector u (pref, or the mean when that is null), compiled per SIMD
 // level (flattened, so the helpers' K * K loops are too).
 MTL_CPU_CLONES __attribute__((flatten)) void prepare_qp_problems(const double* G, const double* pref, int64_t K,
@@ -252,7 +341,7 @@ at::Tensor qp_weights_cpu(const at::Tensor& gram, const std::optional<at::Tensor
   if (pref.has_value()) pref_double = contiguous_double(*pref);
   at::Tensor weights = empty_small_double(K);
   double* w = weights.data_ptr<double>();
-  if (!gram_is_finite(G->const_data_ptr<double>(), K)) {
+  if (!is_finite_gram(G->const_data_ptr<double>(), K)) {
     for (int64_t j = 0; j < K; ++j) w[j] = std::numeric_limits<double>::quiet_NaN();
     return weights;
   }
