@@ -4,8 +4,8 @@
 the whole ``weights(G)`` of MGDA, DualProj and UPGrad in one op (normalisation, QPs and final weights), because at
 K = 16 every extra torch op around the solve would cost more than the solve itself. ``qp_weights`` returns None
 where no kernel serves G's device, and callers of ``nonneg_qp`` check :func:`has_kernel`; either way they then take
-the torch-ops solver. Their arguments arrive validated. ``direct_cpu_weights`` is the eager CPU fast path in
-front of them all, which checks nothing itself and declines what it does not serve.
+the torch-ops solver. Their arguments arrive validated. ``direct_cpu_weights`` (where ``"cpu" in _DEVICES``) is
+the eager CPU fast path in front of them all: the CPU kernel itself, which declines what it does not serve.
 """
 from __future__ import annotations
 
@@ -39,33 +39,24 @@ if _DEVICES:
     # The overloads themselves: resolving torch.ops.mtl_fast.<name> on every call costs about a microsecond.
     _NONNEG_QP = torch.ops.mtl_fast.nonneg_qp.default
     _QP_WEIGHTS = torch.ops.mtl_fast.qp_weights.default
-    # The same CPU kernel without the dispatcher (csrc/python_module.cpp): at K = 16 the dispatch costs more than
-    # the whole solve.
-    from ._C import qp_weights as _QP_WEIGHTS_CPU
+    # direct_cpu_weights(G, pref, method, regularization, tol, max_iter or None): the same CPU kernel without the
+    # dispatcher (csrc/python_module.cpp), called by the aggregators themselves: at K = 16 the dispatch costs more
+    # than the whole solve, and a Python function in between a tenth of it. It returns NotImplemented for
+    # anything but plain eager CPU tensors of a shape and dtype the op takes (fake, functional or vmapped tensors,
+    # an active dispatch mode, a G that needs a gradient, malformed arguments): the caller then checks its
+    # arguments and calls qp_weights. The profiler does not see this call.
+    from ._C import qp_weights as direct_cpu_weights
+
+    @torch.compiler.substitute_in_graph(direct_cpu_weights, skip_signature_check=True)
+    def _direct_cpu_weights_traced(G: Tensor, pref: Optional[Tensor], method: str, regularization: float,
+                                   tol: float, max_iter: Optional[int]) -> Tensor:
+        """What torch.compile traces in place of the direct call: it declines, so the graph records the op."""
+        return NotImplemented
 
 
 def nonneg_qp(M: Tensor, q: Tensor, simplex: bool, tol: float, max_iter: int) -> Tensor:
     """The (B, K) solutions of min_z 1/2 z^T M z + q_b^T z, z >= 0 (sum(z) = 1 when ``simplex``), in q's dtype."""
     return _NONNEG_QP(M, q, simplex, tol, max_iter)
-
-
-# The same function object (torch.compile recognises it by identity), one attribute lookup fewer per call.
-_is_dynamo_compiling = torch.compiler.is_dynamo_compiling
-
-
-def direct_cpu_weights(G: Tensor, pref: Optional[Tensor], method: str, regularization: float,
-                       tol: float) -> Optional[Tensor]:
-    """The fast path of :func:`qp_weights` (default iteration cap), for plain CPU tensors in eager mode: the CPU
-    kernel called without the dispatcher. None for everything else, unchecked arguments included: torch.compile
-    tracing, other devices, fake, functional or vmapped tensors, an active dispatch mode, a G that needs a
-    gradient, or a malformed G or pref; the caller then checks its arguments and calls :func:`qp_weights`.
-    The profiler does not see this call.
-    """
-    # Other tracers (torch.export, make_fx) hand in fake or functional tensors, which the kernel declines.
-    if "cpu" not in _DEVICES or _is_dynamo_compiling():
-        return None
-    weights = _QP_WEIGHTS_CPU(G, pref, method, regularization, tol, None)
-    return None if weights is NotImplemented else weights
 
 
 def qp_weights(G: Tensor, pref: Optional[Tensor], method: str, regularization: float, tol: float,

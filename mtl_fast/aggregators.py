@@ -358,9 +358,10 @@ class MGDA(GramAggregator):
     """
 
     def weights(self, G: Tensor) -> Tensor:
-        fast = _qp.direct_cpu_weights(G, None, "mgda", QP_REGULARIZATION, QP_TOLERANCE)
-        if fast is not None:
-            return fast
+        if "cpu" in _qp._DEVICES:
+            fast = _qp.direct_cpu_weights(G, None, "mgda", QP_REGULARIZATION, QP_TOLERANCE, None)
+            if fast is not NotImplemented:
+                return fast
         K = check_gram(G)
         # The compiled op (K = 2 included, in the same closed form) is not differentiable; the torch-ops closed
         # form is, so a pair that asks for gradients gets it (the fast path above declines such a G).
@@ -393,10 +394,11 @@ class _DualConeProjection(_WithPreference):
         raise NotImplementedError
 
     def weights(self, G: Tensor) -> Tensor:
-        if self._reads_pref_vector:
+        if self._reads_pref_vector and "cpu" in _qp._DEVICES:
             # pref_vector is a CPU tensor; one of the wrong length is declined, and preference() below reports it.
-            fast = _qp.direct_cpu_weights(G, self.pref_vector, self._qp_method, QP_REGULARIZATION, QP_TOLERANCE)
-            if fast is not None:
+            fast = _qp.direct_cpu_weights(G, self.pref_vector, self._qp_method, QP_REGULARIZATION, QP_TOLERANCE,
+                                          None)
+            if fast is not NotImplemented:
                 return fast
         K = check_gram(G)
         compiled = _compiled_qp_weights(G, K, self._qp_method, self._preference_or_mean(K, G.device))
