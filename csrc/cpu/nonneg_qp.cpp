@@ -68,13 +68,16 @@ MTL_SIMD_INLINE void principal_pivot(double* __restrict T, double* __restrict r,
   const double inv = 1.0 / T[p * W + p];
   const double rp = r[p];
   for (int j = 0; j < W; ++j) row[j] = T[p * W + j];
-  for (int64_t i = 0; i < K; ++i) {
+  const auto update_row = [&](int64_t i) __attribute__((always_inline)) {
     double* __restrict Ti = T + i * W;
     const double f = Ti[p] * inv;
-    for (int j = 0; j < W; ++j) Ti[j] -= f * row[j];  // row p too: overwritten below
+    for (int j = 0; j < W; ++j) Ti[j] -= f * row[j];
     Ti[p] = f;
     r[i] -= f * rp;
-  }
+  };
+  // every row but p, which is overwritten below (two loops rather than a skip: no branch in the hot loop)
+  for (int64_t i = 0; i < p; ++i) update_row(i);
+  for (int64_t i = p + 1; i < K; ++i) update_row(i);
   for (int j = 0; j < W; ++j) T[p * W + j] = -row[j] * inv;
   T[p * W + p] = inv;
   r[p] = -rp * inv;
@@ -148,10 +151,10 @@ MTL_SIMD_INLINE int64_t mark_tableau_violations(const QpState<double>& s, Tablea
 
 // Whether z (r on F, 0 off it) passes the checks on M itself: the KKT conditions as mark_kkt_violations checks
 // them, and M z + q = 0 on F within the multipliers' tolerance plus the rounding of M z + q itself (so that
-// tol = 0 still accepts an exact answer). M_padded: M's rows at stride W, zero beyond K.
+// tol = 0 still accepts an exact answer). M_rows: M's rows at stride W, zero beyond K.
 template <int W>
 MTL_SIMD_INLINE bool tableau_answer_holds(const QpState<double>& s, const TableauLanes<W>& L,
-                                          const double* M_padded, double tol) {
+                                          const double* M_rows, double tol) {
   constexpr int V = TableauLanes<W>::kVecs;
   Vec8d z[V], Mz[V];
   for (int v = 0; v < V; ++v) {
@@ -161,7 +164,7 @@ MTL_SIMD_INLINE bool tableau_answer_holds(const QpState<double>& s, const Tablea
   // M z row by row of M (symmetric), in registers; z is 0 off F, so those rows are skipped
   for (int64_t i = 0; i < s.K; ++i) {
     if (!L.free[i]) continue;
-    for (int v = 0; v < V; ++v) Mz[v] += L.r[i] * load8(M_padded + i * W + 8 * v);
+    for (int v = 0; v < V; ++v) Mz[v] += L.r[i] * load8(M_rows + i * W + 8 * v);
   }
   Vec8d z_max{}, Mz_max{};
   for (int v = 0; v < V; ++v) {
@@ -196,6 +199,7 @@ MTL_SIMD_INLINE TableauOutcome tableau_pivoting_of_width(const QpState<double>& 
     L.free[j] = 0;
   }
   bool tableau_filled = false;  // T = M is filled in at the first pivot: a problem with nothing to flip needs none
+  const double* M_rows = M_padded;  // M at row stride W for the final checks
   // Pivoting an index off F divides by (M_FF^-1)_pp, which is in the units of 1 / M: its floor is the reciprocal
   // of the Cholesky floor's scale (kPivotFloor / max diag(M)), so that a scaled M takes the same steps.
   const double free_floor = kPivotFloor * kPivotFloor / s.floor;
@@ -211,8 +215,13 @@ MTL_SIMD_INLINE TableauOutcome tableau_pivoting_of_width(const QpState<double>& 
     patience = improved ? patience_reset : patience - 1;
     best = count < best ? count : best;
     if (!settled && !tableau_filled) {
-      for (int64_t i = 0; i < K; ++i)
-        for (int j = 0; j < W; ++j) T[i * W + j] = M_padded[i * W + j] = j < K ? s.M[i * K + j] : 0.0;
+      if (K == W) {  // whole vectors, and M's own rows serve the final checks
+        for (int64_t e = 0; e < K * W; ++e) T[e] = s.M[e];
+        M_rows = s.M;
+      } else {
+        for (int64_t i = 0; i < K; ++i)
+          for (int j = 0; j < W; ++j) T[i * W + j] = M_padded[i * W + j] = j < K ? s.M[i * K + j] : 0.0;
+      }
       tableau_filled = true;
     }
     for (int64_t i = 0; i < K && !settled; ++i) {
@@ -224,7 +233,7 @@ MTL_SIMD_INLINE TableauOutcome tableau_pivoting_of_width(const QpState<double>& 
   }
   if (!settled) return TableauOutcome::kUnsettled;
   // with nothing ever flipped, z = 0 and M z = 0: the checks of the first iteration were the whole story
-  if (tableau_filled && !tableau_answer_holds(s, L, M_padded, tol)) return TableauOutcome::kGaveUp;
+  if (tableau_filled && !tableau_answer_holds(s, L, M_rows, tol)) return TableauOutcome::kGaveUp;
   for (int64_t i = 0; i < K; ++i) z[i] = L.free[i] ? L.r[i] : 0.0;
   return TableauOutcome::kSolved;
 }
@@ -262,7 +271,7 @@ void solve_batch(const double* M, const double* Q, int64_t B, int64_t K, bool si
                  int64_t max_iter, double* Z) {
   const int64_t flops = K * K * K / 6 + 1;
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 17) / flops);
-  at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
+  const auto solve_range = [&](int64_t begin, int64_t end) {
     Scratch& scratch = thread_scratch();
     double* work = at_least(scratch.work, nonneg_qp_workspace(K));
     int* iwork = at_least(scratch.iwork, nonneg_qp_index_workspace(K));
@@ -271,7 +280,11 @@ void solve_batch(const double* M, const double* Q, int64_t B, int64_t K, bool si
     double* T = tableau ? at_least(scratch.tableau, (2 * K + 1) * kMaxTableauWidth) : nullptr;
     for (int64_t b = begin; b < end; ++b)
       solve_one(make_qp_state(M, Q + b * K, K, simplex, work, iwork), tol, max_iter, Z + b * K, T);
-  });
+  };
+  // A batch within one grain (MGDA and DualProj: one problem) runs here: parallel_for would run it inline too,
+  // after its own bookkeeping, which costs more than a few percent of a K = 16 solve.
+  if (B <= grain) return solve_range(0, B);
+  at::parallel_for(0, B, grain, solve_range);
 }
 
 // t as a contiguous float64 tensor, borrowed when it already is one; checked here because .to() and
