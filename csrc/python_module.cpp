@@ -12,6 +12,8 @@
 #include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
+#include <torch/csrc/autograd/forward_grad.h>
+#include <torch/csrc/autograd/variable.h>
 
 #include <optional>
 #include <utility>
@@ -21,10 +23,18 @@
 
 namespace {
 
+// Whether t carries a forward-mode AD tangent (forward_ad.dual_level): the kernel has no derivative, so such a
+// tensor takes the caller's differentiable path. Most tensors have no autograd metadata at all.
+bool has_forward_tangent(const at::Tensor& t) {
+  const torch::autograd::AutogradMeta* meta = torch::autograd::impl::get_autograd_meta(t);
+  return meta != nullptr && meta->fw_grad_ != nullptr && !meta->fw_grad_->empty();
+}
+
 // An exact torch.Tensor on the CPU that nothing around the call wants to see an op for:
 //  - its dispatch keys are only the CPU kernel's and autograd/autocast bookkeeping (no fake, functional, vmapped,
 //    batched-gradient or sparse tensor);
-//  - it needs no gradient (the op path would record one);
+//  - it needs no gradient and has no forward-mode tangent (the kernel has no derivative: the caller then takes its
+//    differentiable torch-ops path);
 //  - the thread adds no dispatch keys of its own (the JIT tracer, functorch layers);
 //  - no TorchDispatchMode or TorchFunctionMode is active, and it is no subclass with __torch_function__.
 // Every other case goes through the dispatcher, where tracing, modes and autograd see the op.
@@ -37,7 +47,7 @@ bool is_plain_cpu(PyObject* obj) {
   const c10::DispatchKeySet keys = t.key_set();
   // "within the set": a set difference would keep the shared backend bits, so compare the union instead
   return keys.has(c10::DispatchKey::CPU) && (keys | plain_tensor) == plain_tensor &&
-         !(t.requires_grad() && c10::GradMode::is_enabled()) &&
+         !(t.requires_grad() && c10::GradMode::is_enabled()) && !has_forward_tangent(t) &&
          (c10::impl::tls_local_dispatch_key_set().included_ | plain_thread) == plain_thread &&
          c10::impl::TorchDispatchModeTLS::stack_len() == 0 && !at::impl::torch_function_mode_enabled();
 }

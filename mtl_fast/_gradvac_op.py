@@ -25,7 +25,8 @@ if _DEVICES:
 
 def gradvac_weights(G: Tensor, orders: Tensor, phi_hat: Tensor, beta: float) -> Optional[Tuple[Tensor, Tensor]]:
     """One GradVac step: the (K,) float64 weights and the (K, K) float64 EMA targets after it, or None where G's
-    device has no compiled kernel. Arguments arrive validated."""
-    if G.device.type in _DEVICES:
+    device has no compiled kernel or a derivative through G will be asked for (the op has none). Arguments arrive
+    validated."""
+    if G.device.type in _DEVICES and not _ops.needs_derivative(G):
         return _GRADVAC_WEIGHTS(G, orders, phi_hat, beta)
     return None

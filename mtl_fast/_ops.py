@@ -11,6 +11,7 @@ import warnings
 from typing import List, Optional, Sequence, Tuple
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
 from . import reference
@@ -145,8 +146,20 @@ def nan_unless(finite: Tensor, values: Tensor) -> Tensor:
     return torch.where(finite, values, torch.full_like(values, float("nan")))
 
 
+def needs_derivative(*tensors: Tensor) -> bool:
+    """Whether autograd will ask for a derivative through any of these tensors: one that requires grad in grad
+    mode (backward, torch.func.grad), or one with a forward-mode tangent (torch.func.jvp, forward_ad.dual_level).
+    The compiled ops that turn G into weights (PCGrad, GradVac, the QPs) have no derivative, so such inputs take
+    the torch-ops paths instead, which are differentiable (the QPs through the linear solve on the final free
+    set)."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return True
+    return fwAD._current_level >= 0 and any(fwAD.unpack_dual(t).tangent is not None for t in tensors)
+
+
+
 def pcgrad_weights(G: Tensor, orders: Tensor) -> Tensor:
-    if has_kernel(G.device.type):
+    if has_kernel(G.device.type) and not needs_derivative(G):
         return torch.ops.mtl_fast.pcgrad_weights(G, orders)
     G, finite = finite_or_zero(G)
     return nan_unless(finite, reference.pcgrad_weights(G, orders))

@@ -213,7 +213,10 @@ def _default_max_iter(K: int) -> int:
 
 def _compiled_qp_weights(G: Tensor, K: int, method: str, pref: Optional[Tensor] = None) -> Optional[Tensor]:
     """weights(G) of 'mgda', 'dualproj' or 'upgrad' in one compiled op (the same QPs as the torch path below, on
-    :func:`_normalized_gram`), or None where G's device has no such kernel."""
+    :func:`_normalized_gram`), or None where G's device has no such kernel or a derivative through G or pref
+    will be asked for (the op has none; the torch path is differentiable)."""
+    if _ops.needs_derivative(G) or (pref is not None and _ops.needs_derivative(pref)):
+        return None
     return _qp.qp_weights(G, pref, method, QP_REGULARIZATION, QP_TOLERANCE, _default_max_iter(K))
 
 
@@ -245,7 +248,7 @@ def solve_nonnegative_qp(M: Tensor, q: Tensor, *, simplex: bool = False, tol: fl
         (B, K) solutions, z >= 0 exactly (and summing to 1 for ``simplex``).
     """
     B, K = q.shape
-    if _qp.has_kernel(M.device.type):
+    if _qp.has_kernel(M.device.type) and not _ops.needs_derivative(M, q):
         return _qp.nonneg_qp(M, q, simplex, tol, _default_max_iter(K) if max_iter is None else max_iter)
     # Block pivoting leaves a few of the aggregators' problems unsettled after 3K + 10 steps (UPGrad with a
     # rank-deficient G beyond K ~ 20); Murty's rule then settles them within a few times that.
@@ -363,10 +366,8 @@ class MGDA(GramAggregator):
             if fast is not NotImplemented:
                 return fast
         K = check_gram(G)
-        # The compiled op (K = 2 included, in the same closed form) is not differentiable; the torch-ops closed
-        # form is, so a pair that asks for gradients gets it (the fast path above declines such a G).
-        differentiable_pair = K == 2 and G.requires_grad and torch.is_grad_enabled()
-        compiled = None if differentiable_pair else _compiled_qp_weights(G, K, "mgda")
+        # None where a derivative is asked for: the torch ops below (closed form for K = 2) are differentiable
+        compiled = _compiled_qp_weights(G, K, "mgda")
         if compiled is not None:
             return compiled
         G, finite = _ops.finite_or_zero(G.double())
@@ -597,7 +598,7 @@ class GradVac(GramAggregator):
             weights, self.phi_hat = compiled
             return weights
         G, finite = _ops.finite_or_zero(G)
-        phi_hat = previous.clone()
+        phi_hat = previous
         # The same step in torch ops, every task at once (one row of C per task; kernels/gradvac.h per row).
         rows = torch.arange(K, device=G.device)
         C = torch.eye(K, dtype=G.dtype, device=G.device)
@@ -615,10 +616,13 @@ class GradVac(GramAggregator):
             step_denom = norm_j * target_sine
             act = valid & (phi < target) & (step_denom > 0)
             coeff = norm_i * (target * (1.0 - phi ** 2).clamp_min(0.0).sqrt() - phi * target_sine)
-            C[rows, j] += torch.where(act, coeff / torch.where(act, step_denom, 1.0), 0.0)
-            phi_hat[rows, j] = torch.where(valid, (1.0 - self.beta) * target + self.beta * phi, target)
-        # a non-finite G keeps the targets (a step that AMP's GradScaler skips leaves no trace)
-        self.phi_hat = torch.where(finite, phi_hat, previous)
+            # out of place: a G that asks for a derivative differentiates through every step
+            C = C.index_put((rows, j), C[rows, j] + torch.where(act, coeff / torch.where(act, step_denom, 1.0), 0.0))
+            phi_hat = phi_hat.index_put((rows, j), torch.where(valid, (1.0 - self.beta) * target + self.beta * phi,
+                                                                target))
+        # a non-finite G keeps the targets (a step that AMP's GradScaler skips leaves no trace); the state holds
+        # no autograd history of a G that asked for a derivative
+        self.phi_hat = torch.where(finite, phi_hat, previous).detach()
         return _ops.nan_unless(finite, C.sum(0))
 
     def __repr__(self) -> str:

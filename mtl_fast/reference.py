@@ -43,18 +43,21 @@ def pcgrad_weights(G: Tensor, orders: Tensor) -> Tensor:
     """
     G = G.double()
     K = G.shape[0]
-    C = torch.eye(K, dtype=torch.float64, device=G.device)
+    identity = torch.eye(K, dtype=torch.float64, device=G.device)
+    rows = []
     for i in range(K):
+        c = identity[i]  # row i of C, updated out of place so that autograd can differentiate through it
         for step in range(K - 1):
             j = orders[i, step]
-            dot = C[i] @ G[:, j]
+            dot = c @ G[:, j]
             norm_sq = G[j, j]
             # Only a strictly conflicting, nonzero g_j is projected out; a finite guard keeps extreme
             # ratios from producing inf.
             ratio = dot / torch.where(norm_sq > 0, norm_sq, torch.ones_like(norm_sq))
             project = (dot < 0) & (norm_sq > 0) & torch.isfinite(ratio)
-            C[i, j] = C[i, j] - torch.where(project, ratio, torch.zeros_like(ratio))
-    return C.sum(dim=0)
+            c = c - torch.where(project, ratio, torch.zeros_like(ratio)) * identity[j]
+        rows.append(c)
+    return torch.stack(rows).sum(dim=0)
 
 
 def pcgrad(J: Tensor, orders: Tensor) -> Tensor:

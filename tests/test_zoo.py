@@ -203,6 +203,37 @@ def test_nonfinite_gram_gives_nan_weights_and_keeps_state(name, compiled, monkey
             assert torch.equal(first[0], first[1]) and torch.allclose(after, expected, rtol=1e-12, atol=0), name
 
 
+@pytest.mark.parametrize("name", list(FACTORIES) + ["PCGrad"])
+def test_weights_are_differentiable(name):
+    """weights(G) has the derivative autograd asks for, in reverse and in forward mode, on every path: where a
+    compiled op has none (PCGrad, GradVac, the QPs), such a G takes the torch ops. A fresh aggregator per call
+    (GradVac's orders come from its seed), so each is a function of J alone."""
+    import torch.autograd.forward_ad as fwAD
+    make = FACTORIES.get(name, lambda: mf.PCGrad(seed=0))
+    K = 5
+    J, dJ = jacobian(K, seed=3), jacobian(K, seed=4, conflict=False)
+    probe = torch.arange(1.0, K + 1, dtype=torch.float64)
+
+    def weights(J):
+        return make().weights(J @ J.T)
+
+    eps = 1e-6
+    finite_difference = (weights(J + eps * dJ) - weights(J - eps * dJ)) / (2 * eps)
+    assert finite_difference.abs().max() > 1e-3
+    _, tangent = torch.func.jvp(weights, (J,), (dJ,))
+    assert torch.allclose(tangent, finite_difference, rtol=1e-5, atol=1e-7), (tangent, finite_difference)
+    with fwAD.dual_level():
+        assert torch.allclose(fwAD.unpack_dual(weights(fwAD.make_dual(J, dJ))).tangent, tangent, rtol=1e-9,
+                              atol=1e-12)
+    leaf = J.clone().requires_grad_()
+    (weights(leaf) @ probe).backward()
+    assert torch.allclose((leaf.grad * dJ).sum(), tangent @ probe, rtol=1e-8, atol=1e-12)
+    if name == "GradVac":  # its EMA state keeps no autograd history
+        agg = make()
+        agg.weights(leaf @ leaf.T)
+        assert not agg.phi_hat.requires_grad and agg.phi_hat.grad_fn is None
+
+
 @pytest.mark.parametrize("name", NON_CONFLICTING)
 def test_degenerate_inputs_do_not_conflict(name):
     for case, G in degenerate_grams().items():
