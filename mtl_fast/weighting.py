@@ -84,7 +84,7 @@ class DWA(LossWeighting):
     w_k = K exp(r_k / T) / sum_i exp(r_i / T) with r_k = L_k(t-1) / L_k(t-2), the ratio of task k's average loss
     in the last two epochs; w = 1 until two epochs are complete. ``weights(losses)`` adds the losses to the
     current epoch's average; call :meth:`end_epoch` at each epoch's end (or after every step for the step-level
-    variant). Weights sum to K.
+    variant). Weights sum to K. A step with a NaN or infinite loss (AMP's skipped steps) is left out of the mean.
 
     Args:
         T: temperature > 0 (paper: 2).
@@ -98,8 +98,12 @@ class DWA(LossWeighting):
 
     def weights(self, losses: Losses) -> Tensor:
         stacked = _stack_losses(losses).detach().double()
-        self.epoch_sum = stacked if self.epoch_sum is None else self.epoch_sum + stacked
-        self.epoch_count += 1
+        # A step with a NaN or infinite loss (an AMP overflow that GradScaler skips) does not count towards the
+        # epoch's mean, which would otherwise poison every later weight; torch.where, so no host sync.
+        finite = torch.isfinite(stacked).all()
+        counted = torch.where(finite, stacked, torch.zeros_like(stacked))
+        self.epoch_sum = counted if self.epoch_sum is None else self.epoch_sum + counted
+        self.epoch_count = self.epoch_count + finite.double()
         K = stacked.numel()
         if len(self.history) < 2 or self.history[-1].numel() != K:
             return torch.ones(K, dtype=torch.float64, device=stacked.device)
@@ -108,10 +112,9 @@ class DWA(LossWeighting):
         return K * torch.softmax(ratio / self.T, dim=0)
 
     def end_epoch(self) -> None:
-        """Closes the epoch: its mean losses become L(t-1)."""
-        if self.epoch_count == 0:
-            return
-        self.history = (self.history + [self.epoch_sum / self.epoch_count])[-2:]
+        """Closes the epoch: its mean losses become L(t-1). An epoch without a finite step leaves no mean."""
+        if float(self.epoch_count) > 0:  # (once an epoch, so the host sync does not matter)
+            self.history = (self.history + [self.epoch_sum / self.epoch_count])[-2:]
         self.epoch_sum, self.epoch_count = None, 0
 
 
@@ -163,6 +166,8 @@ class GradNorm(LossWeighting):
     Get G from :func:`mtl_fast.gram` of the per-task gradients, or let :func:`mtl_fast.backward` compute it:
     ``mf.backward(losses, shared, aggregator=gradnorm.aggregator(losses))`` applies sum_k w_k g_k to the shared
     parameters (task-specific parameters get their unweighted gradient, as with every aggregator).
+    A step with a NaN or infinite loss or G (AMP's skipped steps) leaves the weights as they were, and L(0) is the
+    first finite step's.
 
     Args:
         alpha: the restoring-force strength >= 0 (paper: 0.12 to 3; default 1.5).
@@ -188,13 +193,19 @@ class GradNorm(LossWeighting):
         w = self.task_weights.to(stacked.device)
         current = w.clone()
         norms = G.double().diagonal().clamp_min(0.0).sqrt().to(stacked.device)
+        # A step with a NaN or infinite loss or gradient (an AMP overflow that GradScaler skips) leaves the
+        # weights as they were, and L(0) comes from the first finite step; torch.where, so no host sync.
+        finite = torch.isfinite(stacked).all() & torch.isfinite(norms).all()
         initial = self.initial_losses.to(stacked.device)
+        initial = torch.where(torch.isfinite(initial).all(), initial, torch.where(finite, stacked, initial))
+        self.initial_losses = initial
         ratios = stacked / torch.where(initial != 0, initial, torch.ones_like(initial))
         relative = ratios / ratios.mean().clamp_min(torch.finfo(torch.float64).tiny)
         target = (w * norms).mean() * relative ** self.alpha
         # d L_grad / d w_k = sign(w_k |g_k| - target_k) |g_k|, the target being held constant.
-        w = (w - self.lr * torch.sign(w * norms - target) * norms).clamp_min(0.0)
-        self.task_weights = K * w / w.sum().clamp_min(torch.finfo(torch.float64).tiny)
+        updated = (w - self.lr * torch.sign(w * norms - target) * norms).clamp_min(0.0)
+        updated = K * updated / updated.sum().clamp_min(torch.finfo(torch.float64).tiny)
+        self.task_weights = torch.where(finite, updated, w)
         return current
 
     def weighted_losses(self, losses: Losses, G: Optional[Tensor] = None) -> List[Tensor]:
@@ -226,6 +237,8 @@ class FAMO(LossWeighting):
     :meth:`update` with the new losses: the logits follow the gradient delta^T dz/dxi of the log-loss decrease
     delta = log(L_old) - log(L_new), with Adam (lr ``w_lr``, L2 weight decay ``gamma``), as the official code does.
     The paper re-evaluates the same batch for L_new; the next batch's losses are a common, cheaper stand-in.
+    An update whose old or new losses are NaN or infinite (AMP's skipped steps), or below ``min_losses``, takes no
+    logit step.
 
     Args:
         num_tasks: K >= 1.
@@ -266,6 +279,11 @@ class FAMO(LossWeighting):
             raise RuntimeError("FAMO.update: call weights() (or weighted_losses/combine) first")
         new = _stack_losses(new_losses, self.num_tasks).detach().double().cpu()
         delta = self._shifted(self.last_losses.cpu()).log() - self._shifted(new).log()
+        if not bool(torch.isfinite(delta).all()):
+            # a NaN or infinite loss on either side (an AMP overflow that GradScaler skips): no logit step,
+            # which would leave NaN logits and Adam moments for good (delta is on the CPU: no device sync)
+            self.last_losses = None
+            return
         z = torch.softmax(self.logits, 0)
         gradient = z * (delta - (z * delta).sum()) + self.gamma * self.logits  # softmax Jacobian^T delta + L2
         beta1, beta2 = 0.9, 0.999

@@ -117,3 +117,52 @@ def test_gradnorm_as_aggregator_matches_weights():
 def test_bad_arguments(make, error, name):
     with pytest.raises(error, match=name):
         make()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nonfinite_steps_leave_the_state_as_it_was(bad):
+    """An AMP overflow step (a NaN or infinite loss or Gram matrix, skipped by GradScaler) must not poison the
+    state: DWA leaves it out of the epoch's mean, GradNorm keeps its weights (and takes L(0) from the first finite
+    step), FAMO takes no logit step. Every later weight matches a run that never saw the bad step."""
+    K = 3
+    steps = [torch.tensor([1.0 + 0.3 * t, 2.0 / (1 + t), 0.5 + 0.1 * t], dtype=torch.float64) for t in range(6)]
+    Gs = [torch.diag(torch.tensor([1.0 + t, 2.0, 0.5 * (1 + t)], dtype=torch.float64)) for t in range(6)]
+    broken = torch.tensor([1.0, bad, 0.5], dtype=torch.float64)
+
+    seen_bad, clean = W.DWA(T=2.0), W.DWA(T=2.0)
+    for t, losses in enumerate(steps):
+        if t == 2:
+            seen_bad.weights(broken)
+        assert torch.equal(seen_bad.weights(losses), clean.weights(losses))
+        seen_bad.end_epoch()
+        clean.end_epoch()
+    assert torch.isfinite(seen_bad.weights(steps[0])).all()
+    epoch_of_bad_steps_only = W.DWA()
+    epoch_of_bad_steps_only.weights(broken)
+    epoch_of_bad_steps_only.end_epoch()
+    assert epoch_of_bad_steps_only.history == []
+
+    for bad_first in (False, True):
+        seen_bad, clean = W.GradNorm(), W.GradNorm()
+        if bad_first:  # L(0) then comes from the first finite step
+            assert torch.equal(seen_bad.weights(broken, Gs[0]), torch.ones(K, dtype=torch.float64))
+        for t, (losses, G) in enumerate(zip(steps, Gs)):
+            if t == 2:
+                seen_bad.weights(broken, G)
+                bad_G = G.clone()
+                bad_G[1, 1] = bad
+                seen_bad.weights(losses, bad_G)
+            assert torch.equal(seen_bad.weights(losses, G), clean.weights(losses, G)), (bad_first, t)
+
+    seen_bad, clean = W.FAMO(K), W.FAMO(K)
+    for t in range(len(steps) - 1):
+        if t == 2:
+            seen_bad.weights(broken)
+            seen_bad.update(steps[t])
+            seen_bad.weights(steps[t])
+            seen_bad.update(broken)
+        assert torch.equal(seen_bad.weights(steps[t]), clean.weights(steps[t]))
+        seen_bad.update(steps[t + 1])
+        clean.update(steps[t + 1])
+        assert torch.equal(seen_bad.logits, clean.logits) and torch.isfinite(seen_bad.logits).all()
+        assert torch.equal(seen_bad.adam_m, clean.adam_m) and seen_bad.adam_step == clean.adam_step
