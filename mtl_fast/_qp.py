@@ -47,11 +47,21 @@ if _DEVICES:
     # arguments and calls qp_weights. The profiler does not see this call.
     from ._C import qp_weights as direct_cpu_weights
 
-    @torch.compiler.substitute_in_graph(direct_cpu_weights, skip_signature_check=True)
     def _direct_cpu_weights_traced(G: Tensor, pref: Optional[Tensor], method: str, regularization: float,
                                    tol: float, max_iter: Optional[int]) -> Tensor:
         """What torch.compile traces in place of the direct call: it declines, so the graph records the op."""
         return NotImplemented
+
+    if hasattr(torch.compiler, "substitute_in_graph"):  # torch >= 2.5
+        torch.compiler.substitute_in_graph(direct_cpu_weights, skip_signature_check=True)(_direct_cpu_weights_traced)
+    else:  # older torch: a Python check in front of the kernel (a little slower in eager mode)
+        _kernel = direct_cpu_weights
+
+        def direct_cpu_weights(G: Tensor, pref: Optional[Tensor], method: str, regularization: float, tol: float,
+                               max_iter: Optional[int]) -> Tensor:
+            if torch.compiler.is_dynamo_compiling():
+                return NotImplemented
+            return _kernel(G, pref, method, regularization, tol, max_iter)
 
 
 def nonneg_qp(M: Tensor, q: Tensor, simplex: bool, tol: float, max_iter: int) -> Tensor:
