@@ -26,7 +26,8 @@ namespace {
 // Whether t carries a forward-mode AD tangent (forward_ad.dual_level): the kernel has no derivative, so such a
 // tensor takes the caller's differentiable path. Most tensors have no autograd metadata at all.
 bool has_forward_tangent(const at::Tensor& t) {
-  const torch::autograd::AutogradMeta* meta = torch::autograd::impl::get_autograd_meta(t);
+  // (impl::get_autograd_meta without its out-of-line call: this runs on every direct call)
+  const auto* meta = static_cast<const torch::autograd::AutogradMeta*>(t.unsafeGetTensorImpl()->autograd_meta());
   return meta != nullptr && meta->fw_grad_ != nullptr && !meta->fw_grad_->empty();
 }
 
