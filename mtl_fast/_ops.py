@@ -157,7 +157,6 @@ def needs_derivative(*tensors: Tensor) -> bool:
     return fwAD._current_level >= 0 and any(fwAD.unpack_dual(t).tangent is not None for t in tensors)
 
 
-
 def pcgrad_weights(G: Tensor, orders: Tensor) -> Tensor:
     if has_kernel(G.device.type) and not needs_derivative(G):
         return torch.ops.mtl_fast.pcgrad_weights(G, orders)

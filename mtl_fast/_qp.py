@@ -43,8 +43,8 @@ if _DEVICES:
     # dispatcher (csrc/python_module.cpp), called by the aggregators themselves: at K = 16 the dispatch costs more
     # than the whole solve, and a Python function in between a tenth of it. It returns NotImplemented for
     # anything but plain eager CPU tensors of a shape and dtype the op takes (fake, functional or vmapped tensors,
-    # an active dispatch mode, a G that needs a gradient, malformed arguments): the caller then checks its
-    # arguments and calls qp_weights. The profiler does not see this call.
+    # an active dispatch mode, a G that needs a gradient or carries a forward-mode tangent, malformed arguments):
+    # the caller then checks its arguments and calls qp_weights. The profiler does not see this call.
     from ._C import qp_weights as direct_cpu_weights
 
     def _direct_cpu_weights_traced(G: Tensor, pref: Optional[Tensor], method: str, regularization: float,
