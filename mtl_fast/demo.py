@@ -6,7 +6,7 @@ is how the task gradients become one update:
 
 * ``parameter`` level: ``mtl_fast.backward(losses, model.trunk.parameters(), aggregator=...)``;
 * ``representation`` level (strategy names ending in ``-rep``): ``mtl_fast.fork`` between trunk and heads;
-* ``loss`` level: a loss weighting from ``mtl_fast.weighting`` (when that module exists) in front of the sum.
+* ``loss`` level: a loss weighting from ``mtl_fast.loss_weighting`` (when that module exists) in front of the sum.
 
 Every aggregator class ``mtl_fast`` exports and every loss weighting is picked up (see
 :func:`available_strategies`), so the comparison grows with the library; a plain run trains the aggregators
@@ -121,17 +121,17 @@ def _exported_classes(module, base: type) -> List[type]:
 
 
 def _weighting_module():
-    """``mtl_fast.weighting`` when it exists (the demo works without it)."""
+    """``mtl_fast.loss_weighting`` when it exists (the demo works without it)."""
     try:
-        return importlib.import_module("mtl_fast.weighting")
+        return importlib.import_module("mtl_fast.loss_weighting")
     except ModuleNotFoundError as error:
-        if error.name != "mtl_fast.weighting":
+        if error.name != "mtl_fast.loss_weighting":
             raise
         return None
 
 
 class _LossLevel:
-    """Drives a ``mtl_fast.weighting`` object through training the way its docstring asks: ``combine`` the
+    """Drives a ``mtl_fast.loss_weighting`` object through training the way its docstring asks: ``combine`` the
     losses and backpropagate; GradNorm reads the task-gradient norms from the Gram matrix through
     ``mtl_fast.backward``; FAMO gets the next batch's losses through ``update`` (its documented cheap stand-in
     for re-evaluating the batch); DWA closes an epoch through ``end_epoch``."""
@@ -169,7 +169,7 @@ def available_strategies() -> Dict[str, Strategy]:
     every other aggregator class that ``mtl_fast`` or ``mtl_fast.aggregators`` exports and that builds from its
     defaults (``seed`` and ``num_tasks`` are filled in), at the representation level, where a step costs one
     trunk backward instead of K, so the whole zoo fits in a few minutes on a CPU; then the loss weightings of
-    ``mtl_fast.weighting`` (concrete ``LossWeighting`` subclasses, named after the class in lower case without
+    ``mtl_fast.loss_weighting`` (concrete ``LossWeighting`` subclasses, named after the class in lower case without
     "weighting"). Only in ``--strategies all`` or by name: the zoo at the parameter level (``NAME``), as the
     papers define the methods.
     """

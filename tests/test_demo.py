@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import mtl_fast
-from mtl_fast import demo, weighting
+from mtl_fast import demo, loss_weighting
 from mtl_fast.__main__ import main as cli_main
 from mtl_fast.data import SHAPES_TASKS
 
@@ -120,12 +120,12 @@ def test_every_default_strategy_trains(tmp_path):
 
 
 def test_new_aggregators_and_loss_weightings_are_picked_up(tmp_path, monkeypatch):
-    """An aggregator exported by mtl_fast and a loss weighting in mtl_fast.weighting join the run by name."""
+    """An aggregator exported by mtl_fast and a loss weighting in mtl_fast.loss_weighting join the run by name."""
     class Halves(mtl_fast.GramAggregator):
         def weights(self, G):
             return torch.full((G.shape[0],), 0.5, dtype=torch.float64, device=G.device)
 
-    class LearnedWeighting(nn.Module, weighting.LossWeighting):
+    class LearnedWeighting(nn.Module, loss_weighting.LossWeighting):
         def __init__(self, num_tasks: int) -> None:
             super().__init__()
             self.log_weights = nn.Parameter(torch.zeros(num_tasks))
@@ -135,8 +135,8 @@ def test_new_aggregators_and_loss_weightings_are_picked_up(tmp_path, monkeypatch
 
     monkeypatch.setattr(mtl_fast, "Halves", Halves, raising=False)
     monkeypatch.setattr(mtl_fast, "__all__", [*mtl_fast.__all__, "Halves"])
-    monkeypatch.setattr(weighting, "LearnedWeighting", LearnedWeighting, raising=False)
-    monkeypatch.setattr(weighting, "__all__", [*weighting.__all__, "LearnedWeighting"])
+    monkeypatch.setattr(loss_weighting, "LearnedWeighting", LearnedWeighting, raising=False)
+    monkeypatch.setattr(loss_weighting, "__all__", [*loss_weighting.__all__, "LearnedWeighting"])
     available = demo.available_strategies()
     assert available["halves"].level == "parameter" and available["halves-rep"].level == "representation"
     assert available["learned"].level == "loss"
@@ -146,7 +146,7 @@ def test_new_aggregators_and_loss_weightings_are_picked_up(tmp_path, monkeypatch
 
 
 def test_runs_without_a_weighting_module(monkeypatch):
-    monkeypatch.setitem(sys.modules, "mtl_fast.weighting", None)  # as if the module did not exist
+    monkeypatch.setitem(sys.modules, "mtl_fast.loss_weighting", None)  # as if the module did not exist
     assert all(s.level != "loss" for s in demo.available_strategies().values())
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import mtl_fast as mf
-from mtl_fast import weighting as W
+from mtl_fast import loss_weighting as W
 from mtl_fast.models import MultiTaskNet
 
 
