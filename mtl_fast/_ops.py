@@ -6,6 +6,7 @@ validated arguments.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from typing import List, Optional, Sequence, Tuple
@@ -51,9 +52,24 @@ def kernel_devices(op: str) -> frozenset:
 _KERNEL_DEVICES = kernel_devices("gram")
 
 
+_reference_only = False
+
+
+@contextlib.contextmanager
+def reference_only():
+    """Within this block every op takes its :mod:`mtl_fast.reference` path, as without the extension (the
+    benchmarks time that path side by side with the kernels)."""
+    global _reference_only
+    previous, _reference_only = _reference_only, True
+    try:
+        yield
+    finally:
+        _reference_only = previous
+
+
 def has_kernel(device_type: str) -> bool:
     """True when the compiled operators have kernels for this device type ('cpu', 'cuda')."""
-    return device_type in _KERNEL_DEVICES
+    return not _reference_only and device_type in _KERNEL_DEVICES
 
 
 def is_plain_eager_cpu(t: Tensor) -> bool:
