@@ -56,7 +56,7 @@ def check_gram(G: Tensor, name: str = "G") -> int:
     """A square (K, K) floating matrix; returns K."""
     if not isinstance(G, Tensor):
         raise TypeError(f"{name}: expected a Tensor, got {type(G).__name__}")
-    shape = G.shape  # read once: every attribute access is a call into torch, and this runs on every step
+    shape = G.shape
     if len(shape) != 2 or shape[0] != shape[1] or shape[0] < 1:
         raise ValueError(f"{name}: expected a square (K, K) matrix with K >= 1, got shape {tuple(shape)}")
     if not G.is_floating_point():
@@ -79,3 +79,15 @@ def as_float_tensor(values, name: str) -> Tensor:
     if not torch.isfinite(t).all():
         raise ValueError(f"{name}: every value must be finite, got {t.tolist()}")
     return t
+
+
+def check_number(value, name: str, *, low: float = float("-inf"), high: float = float("inf"),
+                 low_open: bool = False, integer: bool = False):
+    """A real (or int) argument within [low, high] ((low, high] when ``low_open``); returns it."""
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise TypeError(f"{name}: expected {'an int' if integer else 'a real number'}, got {type(value).__name__}")
+    if value != value or value < low or value > high or (low_open and value == low):
+        bound = f"{'(' if low_open else '['}{low}, {high}]"
+        raise ValueError(f"{name}: expected a value in {bound}, got {value}")
+    return value

@@ -17,8 +17,9 @@ from typing import Any, Iterable, List, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .aggregators import PCGrad
-from .backward import _check_losses, _check_params, backward, reachable_leaves
+from .aggregation import PCGrad
+from .backward import backward
+from .jacobian import check_losses, check_params, reachable_leaves
 
 __all__ = ["PCGradOptimizer"]
 
@@ -49,7 +50,7 @@ class PCGradOptimizer:
         if reduction not in ("sum", "mean"):
             raise ValueError(f"reduction: expected 'sum' or 'mean', got {reduction!r}")
         self.optimizer = optimizer
-        self.shared_params = None if shared_params is None else _check_params(shared_params)
+        self.shared_params = None if shared_params is None else check_params(shared_params)
         self.reduction = reduction
         self.aggregator = PCGrad(seed) if reduction == "sum" else _MeanPCGrad(seed)
 
@@ -61,7 +62,7 @@ class PCGradOptimizer:
 
     def pc_backward(self, objectives: Sequence[Tensor]) -> Tensor:
         """Backpropagates the K task losses with PCGrad on the shared parameters; returns the (K,) weights."""
-        losses = _check_losses(objectives)
+        losses = check_losses(objectives)
         shared = self.shared_params if self.shared_params is not None else self._shared_by_several(losses)
         if not shared:
             raise ValueError("objectives: no parameter is reached by more than one loss, so nothing is shared; "

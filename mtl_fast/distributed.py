@@ -25,7 +25,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .aggregators import GramAggregator
+from ._grad import accumulate_grads
+from .aggregation import GramAggregator
 
 __all__ = ["BUCKET_BYTES", "GradientReducer", "GlobalGram", "agreed_weights", "world_size"]
 
@@ -206,16 +207,15 @@ class GradientReducer:
         view of the combined buffer, as with DDP's ``gradient_as_bucket_view``: no extra copy.
         """
         reached = iter(self._reached.bool().tolist())
+        params, grads = [], []
         for flats, combined, is_shared in ((self._shared, shared, True), (self._others, others, False)):
             for flat, values in zip(flats, combined):
                 for i, p in enumerate(flat.params):
                     if is_shared and not next(reached):
                         continue
-                    grad = values[flat.offsets[i]: flat.offsets[i + 1]].view_as(p)
-                    if p.grad is None:
-                        p.grad = grad
-                    else:
-                        p.grad.add_(grad)
+                    params.append(p)
+                    grads.append(values[flat.offsets[i]: flat.offsets[i + 1]].view_as(p))
+        accumulate_grads(params, grads)
 
 
 class GlobalGram(GramAggregator):
@@ -238,6 +238,7 @@ class GlobalGram(GramAggregator):
             raise TypeError(f"aggregator: GlobalGram needs a Gram-based aggregator (e.g. mtl_fast.PCGrad()), got "
                             f"{type(aggregator).__name__}")
         world_size(process_group)
+        super().__init__(None)  # the weights are the wrapped aggregator's, on the global Gram
         self.aggregator = aggregator
         self.process_group = process_group
 

@@ -6,7 +6,7 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from .aggregators import Aggregator, Sum
+from .aggregation import Aggregator, Sum
 
 __all__ = ["fork"]
 

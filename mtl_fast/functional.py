@@ -3,12 +3,11 @@ from __future__ import annotations
 
 from typing import List, Union
 
-import torch
 from torch import Tensor
 
 from . import _ops
 from ._checks import Jacobian, as_chunks, check_task_weights
-from .aggregators import Aggregator
+from .aggregation import Aggregator
 
 __all__ = ["gram", "aggregate", "combine"]
 
@@ -48,6 +47,4 @@ def aggregate(J: Jacobian, aggregator: Aggregator) -> Union[Tensor, List[Tensor]
     if not isinstance(aggregator, Aggregator):
         raise TypeError(f"aggregator: expected an mtl_fast Aggregator (e.g. mtl_fast.PCGrad()), got "
                         f"{type(aggregator).__name__}")
-    chunks, _, single = as_chunks(J)
-    out = aggregator.aggregate_chunks(chunks)
-    return out[0] if single else out
+    return aggregator(J)

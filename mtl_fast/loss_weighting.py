@@ -20,8 +20,8 @@ from typing import Dict, List, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from .aggregators import GramAggregator, _check_number
-from ._checks import check_gram
+from ._checks import check_gram, check_number
+from .aggregation import GramAggregator
 
 __all__ = ["LossWeighting", "DWA", "UncertaintyWeighting", "GradNorm", "FAMO", "RLW"]
 
@@ -91,7 +91,7 @@ class DWA(LossWeighting):
     """
 
     def __init__(self, T: float = 2.0) -> None:
-        self.T = float(_check_number(T, "T", low=0.0, low_open=True))
+        self.T = float(check_number(T, "T", low=0.0, low_open=True))
         self.history: List[Tensor] = []  # the last two epochs' mean losses
         self.epoch_sum: Optional[Tensor] = None
         self.epoch_count = 0
@@ -133,7 +133,7 @@ class UncertaintyWeighting(nn.Module, LossWeighting):
 
     def __init__(self, num_tasks: int) -> None:
         super().__init__()
-        self.num_tasks = _check_number(num_tasks, "num_tasks", low=1, integer=True)
+        self.num_tasks = check_number(num_tasks, "num_tasks", low=1, integer=True)
         self.log_vars = nn.Parameter(torch.zeros(num_tasks))
 
     def weights(self, losses: Losses) -> Tensor:
@@ -175,8 +175,8 @@ class GradNorm(LossWeighting):
     """
 
     def __init__(self, alpha: float = 1.5, lr: float = 0.025) -> None:
-        self.alpha = float(_check_number(alpha, "alpha", low=0.0))
-        self.lr = float(_check_number(lr, "lr", low=0.0, low_open=True))
+        self.alpha = float(check_number(alpha, "alpha", low=0.0))
+        self.lr = float(check_number(lr, "lr", low=0.0, low_open=True))
         self.task_weights: Optional[Tensor] = None
         self.initial_losses: Optional[Tensor] = None
 
@@ -222,6 +222,7 @@ class GradNorm(LossWeighting):
 
 class _GradNormStep(GramAggregator):
     def __init__(self, gradnorm: GradNorm, losses: Tensor) -> None:
+        super().__init__(None)  # the weights are GradNorm's, computed from G in weights()
         self.gradnorm, self.losses = gradnorm, losses
 
     def weights(self, G: Tensor) -> Tensor:
@@ -250,10 +251,10 @@ class FAMO(LossWeighting):
 
     def __init__(self, num_tasks: int, w_lr: float = 0.025, gamma: float = 0.001,
                  min_losses: Optional[Sequence[float]] = None, eps: float = 1e-8) -> None:
-        self.num_tasks = _check_number(num_tasks, "num_tasks", low=1, integer=True)
-        self.w_lr = float(_check_number(w_lr, "w_lr", low=0.0, low_open=True))
-        self.gamma = float(_check_number(gamma, "gamma", low=0.0))
-        self.eps = float(_check_number(eps, "eps", low=0.0))
+        self.num_tasks = check_number(num_tasks, "num_tasks", low=1, integer=True)
+        self.w_lr = float(check_number(w_lr, "w_lr", low=0.0, low_open=True))
+        self.gamma = float(check_number(gamma, "gamma", low=0.0))
+        self.eps = float(check_number(eps, "eps", low=0.0))
         self.min_losses = torch.zeros(num_tasks, dtype=torch.float64) if min_losses is None else \
             torch.as_tensor(min_losses, dtype=torch.float64)
         if self.min_losses.shape != (num_tasks,):

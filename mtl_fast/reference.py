@@ -1,17 +1,29 @@
 """The pure-PyTorch oracle: every operation written straight from its definition, slow and obvious.
 
-It is what the tests compare the kernels against, and the implementation mtl_fast falls back to when its
-C++ extension is not available (``mtl_fast.backend() == 'python'``). No Python branch depends on a tensor's
-value, so it never synchronises with a GPU and torch.compile can trace it.
+Two kinds of function live here:
+
+- the twins of the compiled ops (``gram``, ``combine``, ``pcgrad_weights``, ``gradvac_weights``, ``nonneg_qp``,
+  ``qp_weights``, ``heads_loss``): the same arguments and contract as ``torch.ops.mtl_fast.<op>``. The tests hold
+  the kernels against them, and mtl_fast runs them where no kernel serves (``mtl_fast.backend() == 'python'``,
+  other devices, a G that needs a derivative: they are differentiable). No Python branch depends on a tensor's
+  value, so they never synchronise with a GPU and torch.compile can trace them, except the QP solver's stopping
+  test (see :func:`nonneg_qp`).
+- the methods as their papers state them, on the gradient vectors themselves (``pcgrad``, ``mgda``, ...): oracles
+  only, which the tests hold the Gram-based implementations against.
 """
 from __future__ import annotations
 
-from typing import List, Sequence
+import warnings
+from typing import List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["gram", "combine", "pcgrad_weights", "pcgrad"]
+from ._nonfinite import finite_or_zero, nan_unless
+
+__all__ = ["gram", "combine", "pcgrad_weights", "gradvac_weights", "nonneg_qp", "qp_weights", "heads_loss",
+           "heads_accumulation_dtype", "normalized_gram", "masked_solve", "pcgrad"]
 
 
 def _rows(chunk: Tensor) -> Tensor:
@@ -39,9 +51,9 @@ def pcgrad_weights(G: Tensor, orders: Tensor) -> Tensor:
 
     g_i^PC = sum_a C[i, a] g_a. Task i visits the tasks orders[i] in turn; when g_i^PC . g_j < 0 for the
     original g_j, g_i^PC loses its component along g_j: C[i, j] -= (g_i^PC . g_j) / |g_j|^2. Returns w with
-    sum_i g_i^PC = sum_j w_j g_j.
+    sum_i g_i^PC = sum_j w_j g_j (all NaN for a G with a NaN or infinite entry).
     """
-    G = G.double()
+    G, finite = finite_or_zero(G.double())
     K = G.shape[0]
     identity = torch.eye(K, dtype=torch.float64, device=G.device)
     rows = []
@@ -57,7 +69,202 @@ def pcgrad_weights(G: Tensor, orders: Tensor) -> Tensor:
             project = (dot < 0) & (norm_sq > 0) & torch.isfinite(ratio)
             c = c - torch.where(project, ratio, torch.zeros_like(ratio)) * identity[j]
         rows.append(c)
-    return torch.stack(rows).sum(dim=0)
+    return nan_unless(finite, torch.stack(rows).sum(dim=0))
+
+
+def gradvac_weights(G: Tensor, orders: Tensor, phi_hat: Tensor, beta: float) -> Tuple[Tensor, Tensor]:
+    """One GradVac step (Wang et al. 2021, Algorithm 1) on coefficients of the task gradients, every task at once.
+
+    g_i' = sum_a C[i, a] g_a has |g_i'|^2 = C_i G C_i^T and g_i' . g_j = (C G)[i, j]. Task i visits orders[i] in
+    turn; with phi = cos(g_i', g_j) against the ORIGINAL g_j and the target phi_hat[i, j], phi < target raises the
+    cosine to the target, g_i' += |g_i'| (target sqrt(1 - phi^2) - phi sqrt(1 - target^2)) /
+    (|g_j| sqrt(1 - target^2)) g_j, and phi_hat[i, j] becomes (1 - beta) target + beta phi. A zero gradient, or a
+    target of exactly +-1, skips the correction. Returns the (K,) weights of sum_i g_i' and the targets after the
+    step; for a G with a NaN or infinite entry, NaN weights and the targets as they were.
+    """
+    G, finite = finite_or_zero(G.double())
+    K = G.shape[0]
+    previous = phi_hat.double()
+    rows = torch.arange(K, device=G.device)
+    C = torch.eye(K, dtype=G.dtype, device=G.device)
+    norm_j_all = G.diagonal().clamp_min(0.0).sqrt()
+    targets = previous
+    for step in range(K - 1):
+        j = orders[:, step]
+        norm_i = (C @ G * C).sum(1).clamp_min(0.0).sqrt()
+        norm_j = norm_j_all[j]
+        dot = (C @ G)[rows, j]
+        denom = norm_i * norm_j
+        valid = denom > 0
+        phi = torch.where(valid, dot / torch.where(valid, denom, 1.0), 0.0).clamp(-1.0, 1.0)
+        target = targets[rows, j]
+        target_sine = (1.0 - target ** 2).clamp_min(0.0).sqrt()
+        step_denom = norm_j * target_sine
+        act = valid & (phi < target) & (step_denom > 0)
+        coeff = norm_i * (target * (1.0 - phi ** 2).clamp_min(0.0).sqrt() - phi * target_sine)
+        # out of place: a G that asks for a derivative differentiates through every step
+        C = C.index_put((rows, j), C[rows, j] + torch.where(act, coeff / torch.where(act, step_denom, 1.0), 0.0))
+        targets = targets.index_put((rows, j), torch.where(valid, (1.0 - beta) * target + beta * phi, target))
+    return nan_unless(finite, C.sum(0)), torch.where(finite, targets, previous)
+
+
+# The nonnegative QPs behind MGDA, DualProj and UPGrad: the compiled ops solve them with the same steps
+# (csrc/kernels/nonneg_qp.h), with a Cholesky of the free block where this solves a batched LU.
+
+def normalized_gram(G: Tensor, regularization: float) -> Tensor:
+    """G / trace(G) + regularization * I in float64: the QPs' solutions do not depend on G's scale, so the
+    solver sees the same well-scaled problem for 1e-30- and 1e30-sized gradients (an all-zero G stays 0)."""
+    G = G.double()
+    trace = G.diagonal().sum()
+    scaled = torch.where(trace > 0, G / torch.where(trace > 0, trace, torch.ones_like(trace)), torch.zeros_like(G))
+    return scaled + regularization * torch.eye(G.shape[0], dtype=G.dtype, device=G.device)
+
+
+def masked_solve(M: Tensor, free: Tensor, rhs: Tensor) -> Tensor:
+    """Solves M_FF x_F = rhs_F with x = 0 outside F, for a batch of free sets F ((B, K) bool) and right-hand sides
+    ((B, K, R)): rows and columns outside F become the identity, so one batched solve serves every F."""
+    f = free.to(M.dtype)
+    system = M * (f[:, :, None] * f[:, None, :]) + torch.diag_embed(1.0 - f)
+    return torch.linalg.solve_ex(system, rhs * f[:, :, None])[0]
+
+
+#: Where block pivoting has not settled within max_iter steps, the compiled solver finishes with an active-set
+#: method; this one has none and goes on with Murty's single swaps, which settle the aggregators' few such problems
+#: (UPGrad with a rank-deficient G beyond K ~ 20) within a few times max_iter, up to this many times in all.
+MURTY_ITERATIONS_FACTOR = 10
+
+
+def should_stop(done: Tensor, iteration: int) -> bool:
+    """Whether an iterative solver may stop now. Reads ``done`` on the CPU every time; on accelerators only every
+    fourth iteration, so that a GPU is not stalled by a host synchronisation per step."""
+    if done.device.type != "cpu" and (iteration + 1) % 4:
+        return False
+    return bool(done.all())
+
+
+def nonneg_qp(M: Tensor, q: Tensor, simplex: bool, tol: float, max_iter: int, patience: int) -> Tensor:
+    """Batched  min_z 1/2 z^T M z + q_b^T z  s.t. z >= 0 (and sum(z) = 1 when ``simplex``), M positive definite.
+
+    Block principal pivoting (Judice & Pires 1994; Kim & Park 2011): guess the set F of free coordinates, solve the
+    equality-constrained problem on F with one batched linear solve, and move every coordinate that violates a KKT
+    condition (z_i < 0 on F, a negative multiplier outside F) to the other set; when the number of violations has
+    not decreased for ``patience`` steps, swap only the last violating index (Murty's rule), which cannot cycle.
+    The answer is exact up to the linear solves once no KKT condition is violated by more than ``tol`` (relative).
+    At most max_iter * MURTY_ITERATIONS_FACTOR steps; a problem still unsettled then gets a RuntimeWarning and an
+    approximate answer. Returns (B, K) in float64, z >= 0 exactly (summing to 1 for ``simplex``).
+    """
+    M, q = M.double(), q.double()
+    B, K = q.shape
+    max_iter = MURTY_ITERATIONS_FACTOR * max_iter
+    ones = torch.ones(B, K, 1, dtype=M.dtype, device=M.device)
+    free = torch.full((B, K), simplex, dtype=torch.bool, device=M.device)
+    best = torch.full((B,), K + 1, dtype=torch.int64, device=M.device)
+    remaining = torch.full((B,), patience, dtype=torch.int64, device=M.device)
+    index = torch.arange(K, device=M.device)
+    z = torch.zeros_like(q)
+    count = torch.zeros(B, dtype=torch.int64, device=M.device)
+    for iteration in range(max_iter):
+        if simplex:
+            x = masked_solve(M, free, torch.cat([-q[:, :, None], ones], dim=2))
+            # z_F = x1 + lam * x2 with lam fixed by sum(z) = 1; lam is the multiplier of the equality.
+            lam = (1.0 - x[:, :, 0].sum(1)) / x[:, :, 1].sum(1).clamp_min(torch.finfo(M.dtype).tiny)
+            z = x[:, :, 0] + lam[:, None] * x[:, :, 1]
+            multipliers = z @ M + q - lam[:, None]
+        else:
+            z = masked_solve(M, free, -q[:, :, None])[:, :, 0]
+            multipliers = z @ M + q
+        # z may reach 1 / regularization (0 in the hull) while M z stays O(1): each check gets its own scale, the
+        # multipliers' including the rounding error of M z.
+        z_scale = z.abs().amax(1, keepdim=True)
+        m_scale = q.abs().amax(1, keepdim=True) + (z @ M).abs().amax(1, keepdim=True) + 1e-7 * K * z_scale
+        violated = (free & (z < -tol * z_scale)) | (~free & (multipliers < -tol * m_scale))
+        count = violated.sum(1)
+        if should_stop(count == 0, iteration):
+            break
+        improved = count < best
+        block = improved | (remaining > 0)
+        remaining = torch.where(improved, torch.full_like(remaining, patience), remaining - (~improved).long())
+        best = torch.minimum(best, count)
+        last = torch.where(violated, index, -1).amax(1, keepdim=True)
+        swap = torch.where(block[:, None], violated, index == last)
+        flipped = free ^ swap
+        # The simplex needs at least one free coordinate; an empty guess keeps the previous one instead.
+        free = torch.where(flipped.any(1, keepdim=True) | (not simplex), flipped, free)
+    else:
+        unsettled = int((count > 0).sum()) if max_iter > 0 else 0
+        if unsettled:
+            warnings.warn(f"nonnegative QP: {unsettled} of {B} problems did not settle within {max_iter} steps; "
+                          "their solutions are approximate", RuntimeWarning, stacklevel=3)
+    z = z.clamp_min(0.0)
+    if simplex:
+        z = z / z.sum(1, keepdim=True)
+    return z
+
+
+_QP_METHODS = ("mgda", "dualproj", "upgrad")
+
+
+def qp_weights(G: Tensor, pref: Optional[Tensor], method: str, regularization: float, tol: float, max_iter: int,
+               patience: int) -> Tensor:
+    """The (K,) float64 weights(G) of MGDA, DualProj or UPGrad (``method`` 'mgda', 'dualproj', 'upgrad') on
+    M = G / trace(G) + regularization * I, the QPs solved by :func:`nonneg_qp`; ``pref`` is the preference vector u
+    (None: the mean, 1/K each; MGDA has none).
+
+    - mgda: K = 2 in closed form on G itself (Sener & Koltun 2018, Algorithm 2), w_1 = clip((G22 - G12) /
+      (G11 + G22 - 2 G12), 0, 1), the middle for identical or zero gradients; beyond, z minimising
+      1/2 z^T M z - sum(z) over z >= 0, w = z / sum(z) (for positive definite M the KKT conditions map onto those
+      of the simplex problem with lambda = 1 / sum(z); this form pivots faster).
+    - dualproj: w = u + z, z minimising 1/2 z^T M z + (M u)^T z over z >= 0, i.e. v = w minimises v^T G v over
+      v >= u.
+    - upgrad: w = u + sum_b u_b z_b, z_b minimising 1/2 z^T M z + (M e_b)^T z over z >= 0.
+
+    All NaN for a G with a NaN or infinite entry.
+    """
+    if method not in _QP_METHODS:
+        raise ValueError(f"method: expected one of {_QP_METHODS}, got {method!r}")
+    G, finite = finite_or_zero(G.double())
+    K = G.shape[0]
+    if method == "mgda" and K == 2:
+        gap = G[0, 0] + G[1, 1] - 2 * G[0, 1]
+        first = torch.where(gap > 0, (G[1, 1] - G[0, 1]) / torch.where(gap > 0, gap, torch.ones_like(gap)),
+                            torch.full_like(gap, 0.5)).clamp(0.0, 1.0)
+        return nan_unless(finite, torch.stack([first, 1.0 - first]))
+    M = normalized_gram(G, regularization)
+    u = torch.full((K,), 1.0 / K, dtype=M.dtype, device=M.device) if pref is None else pref.double()
+    if method == "mgda":
+        z = nonneg_qp(M, -torch.ones(1, K, dtype=M.dtype, device=M.device), False, tol, max_iter, patience)[0]
+        return nan_unless(finite, z / z.sum())
+    if method == "dualproj":
+        return nan_unless(finite, u + nonneg_qp(M, (M @ u)[None], False, tol, max_iter, patience)[0])
+    # Row b solves for e_b; its solution scales with u_b, so the rows are weighted after solving.
+    V = torch.eye(K, dtype=M.dtype, device=M.device) + nonneg_qp(M, M, False, tol, max_iter, patience)
+    return nan_unless(finite, u @ V)
+
+
+def heads_accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the fused heads' losses come in: float64 for float64 logits, float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def heads_loss(logits: Tensor, class_targets: Tensor, value_targets: Tensor, sizes: Sequence[int],
+               regression: Sequence[bool], ignore_index: int, reduction: str) -> Tensor:
+    """The losses of ``mtl_fast::heads_loss``: one F.cross_entropy or F.mse_loss per task over the side-by-side
+    logits (task k's ``sizes[k]`` columns). For 'none', a regression task's per-sample loss is its squared error
+    summed over the task's outputs."""
+    acc = heads_accumulation_dtype(logits.dtype)
+    regression_sizes = [s for s, r in zip(sizes, regression) if r]
+    classes = iter(class_targets.unbind(0))
+    values = iter(value_targets.split(regression_sizes, dim=1))
+    losses: List[Tensor] = []
+    for z, is_regression in zip(logits.split(list(sizes), dim=1), regression):
+        z = z.to(acc)
+        if is_regression:
+            t = next(values)
+            losses.append(F.mse_loss(z, t, reduction="none").sum(1) if reduction == "none"
+                          else F.mse_loss(z, t, reduction=reduction))
+        else:
+            losses.append(F.cross_entropy(z, next(classes), ignore_index=ignore_index, reduction=reduction))
+    return torch.stack(losses)
 
 
 def pcgrad(J: Tensor, orders: Tensor) -> Tensor:
@@ -81,7 +288,7 @@ def pcgrad(J: Tensor, orders: Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The method zoo (mtl_fast.aggregators), each straight from its paper. Oracles only: nothing falls back on them.
+# The methods (mtl_fast.aggregation), each straight from its paper. Oracles only: nothing falls back on them.
 # The QPs are solved by enumerating every active set (exact; fine for the K <= 10 the tests use), the rest by
 # formulas on J itself where the paper states them that way.
 # ----------------------------------------------------------------------------------------------------------------

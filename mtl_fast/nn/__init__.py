@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import _heads_ops
+from .. import _ops, reference
+
+REDUCTIONS = ("none", "mean", "sum")
 
 __all__ = ["MultiTaskHeads"]
 
@@ -199,8 +201,8 @@ class MultiTaskHeads(nn.Module):
         kinds = [kinds] * K if isinstance(kinds, str) else list(kinds)
         if len(kinds) != K or any(kind not in _KINDS for kind in kinds):
             raise ValueError(f"kinds: expected one of {_KINDS}, or a sequence of {K} of them, got {kinds!r}")
-        if reduction not in _heads_ops.REDUCTIONS:
-            raise ValueError(f"reduction: expected one of {_heads_ops.REDUCTIONS}, got {reduction!r}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
             raise TypeError(f"ignore_index: expected an int, got {type(ignore_index).__name__}")
         logits = self.logits(x)
@@ -209,7 +211,7 @@ class MultiTaskHeads(nn.Module):
                              f"{tuple(logits.shape[:-1]) + (self.in_features,)}")
         regression = [kind == "mse" for kind in kinds]
         class_targets, value_targets = self._targets(targets, regression, logits)
-        return _heads_ops.heads_loss(logits, class_targets, value_targets, self.out_features, regression,
+        return _ops.heads_loss(logits, class_targets, value_targets, self.out_features, regression,
                                      ignore_index, reduction)
 
     def _check_input(self, x: Tensor, name: str) -> None:
@@ -255,7 +257,7 @@ class MultiTaskHeads(nn.Module):
                                      f"{tuple(t.shape)}")
                 classes.append(t)
         class_targets = torch.stack(classes) if classes else logits.new_empty((0, B), dtype=torch.int64)
-        acc = _heads_ops.accumulation_dtype(logits.dtype)
+        acc = reference.heads_accumulation_dtype(logits.dtype)
         value_targets = torch.cat(values, dim=1).to(acc) if values else logits.new_empty((B, 0), dtype=acc)
         return class_targets, value_targets
 

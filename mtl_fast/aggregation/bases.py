@@ -1,0 +1,118 @@
+"""What every method is: an :class:`Aggregator` (the K task gradients -> one update), and for the Gram-based ones a
+:class:`Weighting` (the K x K Gram matrix G -> K weights) held by a :class:`GramAggregator`.
+
+A Gram-based aggregator's update is sum_k w_k g_k with w = weighting(G): that is what lets one fast path
+(gram -> weights -> combine) serve every method, and what lets :func:`mtl_fast.backward` and the Gram engine
+skip the Jacobian altogether for a :class:`FixedWeighting`.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Dict, List, Optional, Union
+
+import torch
+from torch import Tensor
+
+from .. import _ops
+from .._checks import Jacobian, as_chunks, check_gram
+
+__all__ = ["Aggregator", "Weighting", "FixedWeighting", "GramAggregator"]
+
+
+class Aggregator(ABC):
+    """Maps the per-task gradients J (K rows) of the shared parameters to one combined gradient."""
+
+    @abstractmethod
+    def aggregate_chunks(self, chunks: List[Tensor]) -> List[Tensor]:
+        """Combines validated chunks of shape (K, ...) into one tensor per chunk (shape without the K dim)."""
+
+    def __call__(self, J: Jacobian) -> Union[Tensor, List[Tensor]]:
+        """The combined gradient of J, a (K, P) tensor (gives (P,)) or a sequence of (K, ...) chunks (gives one
+        tensor per chunk); the same as :func:`mtl_fast.aggregate` (J, self)."""
+        chunks, _, single = as_chunks(J)
+        out = self.aggregate_chunks(chunks)
+        return out[0] if single else out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class Weighting(ABC):
+    """Maps the K x K Gram matrix G of the task gradients to (K,) float64 weights, and holds whatever state the
+    method keeps between steps.
+
+    Every weighting that reads G returns all-NaN weights for a G with a NaN or infinite entry (an overflowed
+    gradient) and leaves its state as it was."""
+
+    @abstractmethod
+    def __call__(self, G: Tensor) -> Tensor:
+        """The (K,) float64 weights for G."""
+
+    def state_dict(self) -> Dict[str, object]:
+        """The state to checkpoint (empty for a stateless method)."""
+        return {}
+
+    def load_state_dict(self, state: Dict[str, object]) -> None:
+        """Restores what :meth:`state_dict` returned."""
+        if state:
+            raise ValueError(f"state: {type(self).__name__} keeps no state, got keys {sorted(state)}")
+
+    def reset(self) -> None:
+        """Forgets any state (a stateless method has none)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class FixedWeighting(Weighting):
+    """Weights that do not depend on G: the update is a fixed linear combination, so the fast paths skip the Gram
+    matrix (and :func:`mtl_fast.backward` the Jacobian: one ordinary backward of the weighted loss sum)."""
+
+    @abstractmethod
+    def fixed_weights(self, K: int, device: torch.device) -> Tensor:
+        """The (K,) float64 weights for K tasks, on ``device``."""
+
+    def __call__(self, G: Tensor) -> Tensor:
+        return self.fixed_weights(check_gram(G), G.device)
+
+
+class GramAggregator(Aggregator):
+    """An aggregator whose update is sum_k w_k g_k with w = weights(G), G = J J^T.
+
+    Args:
+        weighting: the method's G -> w map; a subclass that defines :meth:`weights` itself may pass None.
+    """
+
+    def __init__(self, weighting: Optional[Weighting]) -> None:
+        self.weighting = weighting
+
+    def weights(self, G: Tensor) -> Tensor:
+        """The (K,) float64 combination weights for the Gram matrix G (K x K)."""
+        return self.weighting(G)
+
+    def fixed_weights(self, K: int, device: torch.device) -> Optional[Tensor]:
+        """The weights when they do not depend on G (a :class:`FixedWeighting`), else None."""
+        if isinstance(self.weighting, FixedWeighting):
+            return self.weighting.fixed_weights(K, device)
+        return None
+
+    def aggregate_chunks(self, chunks: List[Tensor]) -> List[Tensor]:
+        weights = self.fixed_weights(chunks[0].shape[0], chunks[0].device)
+        if weights is None:
+            weights = self.weights(_ops.gram(chunks))
+        return _ops.combine(chunks, weights)
+
+    def state_dict(self) -> Dict[str, object]:
+        """The weighting's state (see :meth:`Weighting.state_dict`)."""
+        return self.weighting.state_dict()
+
+    def load_state_dict(self, state: Dict[str, object]) -> None:
+        """Restores what :meth:`state_dict` returned."""
+        self.weighting.load_state_dict(state)
+
+    def reset(self) -> None:
+        """Forgets the weighting's state."""
+        self.weighting.reset()
+
+    def __repr__(self) -> str:
+        return repr(self.weighting).replace("Weighting(", "(", 1)
