@@ -7,13 +7,12 @@ the same problems on the same trace-normalised, 1e-6-regularised G: DualProj one
 MGDA the simplex QP; quadprog through its raw ``solve_qp`` (no qpsolvers wrapper), both bare and as a whole
 weights(G) from a torch G, and scipy through SLSQP. At K = 16 two problems: one conflicting pair, and two camps
 in conflict (active constraints).
-mtl_fast's QP-based methods run on the compiled QP op where it is built (mtl_fast._qp); at K = 16 they are also
-timed on the torch-ops solver, the path taken without it.
+mtl_fast's QP-based methods run on the compiled QP op where it is built; at K = 16 they are also timed on its
+torch-ops reference, the path taken without it.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import time
 from typing import Callable, Dict, List
@@ -22,8 +21,8 @@ import numpy as np
 import torch
 
 import mtl_fast as mf
-from mtl_fast import _qp
-from mtl_fast.aggregators import QP_REGULARIZATION, _normalized_gram
+from mtl_fast import _ops, reference
+from mtl_fast.aggregation import QP_REGULARIZATION
 
 
 def median_us(fn, repeat: int) -> float:
@@ -34,17 +33,6 @@ def median_us(fn, repeat: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1e6
-
-
-@contextlib.contextmanager
-def torch_qp_path():
-    """The QP-based aggregators on the torch-ops solver, as where the compiled QP op is not built."""
-    devices = _qp._DEVICES
-    _qp._DEVICES = frozenset()
-    try:
-        yield
-    finally:
-        _qp._DEVICES = devices
 
 
 def gram(K: int, seed: int = 0) -> torch.Tensor:
@@ -89,7 +77,7 @@ def peers(G: torch.Tensor) -> Dict[str, Dict[str, Callable[[], object]]]:
     """
     import quadprog
     from scipy.optimize import minimize
-    M = _normalized_gram(G).numpy()
+    M = reference.normalized_gram(G, QP_REGULARIZATION).numpy()
     K = M.shape[0]
     u = np.full(K, 1.0 / K)
     eye = np.eye(K)
@@ -140,7 +128,7 @@ def main() -> None:
     methods = {"MGDA": mf.MGDA, "DualProj": mf.DualProj, "UPGrad": mf.UPGrad, "CAGrad": mf.CAGrad,
                "IMTLG": mf.IMTLG, "GradVac": mf.GradVac, "AlignedMTL": mf.AlignedMTL, "NashMTL": mf.NashMTL}
     Ks = [2, 4, 8, 16, 32, 64]
-    path = "compiled op" if _qp.has_kernel("cpu") else "torch ops (compiled op not built)"
+    path = "compiled op" if _ops.has_kernel("qp_weights", "cpu") else "torch ops (compiled op not built)"
     print(f"weights(G) median, microseconds (CPU, float64, 1 thread); QP solver: {path}")
     print(f"{'method':<11}" + "".join(f"{'K=' + str(K):>10}" for K in Ks))
     for name, make in methods.items():
@@ -158,7 +146,7 @@ def main() -> None:
         print(f"-- {problem} G --")
         for name, peer_fns in peers(G).items():
             agg = methods[name]()
-            with torch_qp_path():
+            with _ops.reference_only():
                 torch_ops = side_by_side({"torch ops": lambda: agg.weights(G)}, max(5, args.repeat // 5), 1)
             fast = {"mtl_fast": lambda: agg.weights(G),
                     **{peer: fn for peer, fn in peer_fns.items() if not peer.startswith("scipy")}}

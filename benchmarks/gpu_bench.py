@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 
 import mtl_fast as mf
-from mtl_fast.aggregators import draw_pcgrad_orders
+from mtl_fast.aggregation import draw_pcgrad_orders
 from mtl_fast.bench.report import environment
 from mtl_fast.bench.timing import memcpy_bandwidth, time_calls
 

@@ -16,7 +16,8 @@ from . import _ops
 from ._grad import accumulate_grads
 from .aggregation import Aggregator, GramAggregator, Sum
 from .distributed import GlobalGram, GradientReducer, agreed_weights, world_size
-from .jacobian import JACOBIAN_MODES, TaskRows, check_losses, check_params, per_task_gradients, split_parameters
+from .jacobian import (JACOBIAN_MODES, TaskRows, check_losses, check_params, per_task_gradients, split_parameters,
+                       warn_if_unshared)
 
 __all__ = ["backward"]
 
@@ -34,7 +35,7 @@ def _fixed_weights(aggregator: Aggregator, K: int, device: torch.device) -> Opti
 
 def backward(losses: Union[Tensor, Sequence[Tensor]], shared_params: Iterable[Tensor], *,
              aggregator: Aggregator = Sum(), retain_graph: bool = False, jacobian: str = "auto",
-             process_group: Optional[dist.ProcessGroup] = None) -> Optional[Tensor]:
+             process_group: Optional[dist.ProcessGroup] = None, warn_unshared: bool = True) -> Optional[Tensor]:
     """Backpropagates K task losses, combining their gradients on the shared parameters with ``aggregator``.
 
     Shared parameters get the aggregate of their K per-task gradients; every other parameter the losses reach
@@ -58,6 +59,8 @@ def backward(losses: Union[Tensor, Sequence[Tensor]], shared_params: Iterable[Te
             must call this with the same ``shared_params`` and aggregator, in the same order. Under
             DistributedDataParallel, run the forward and this call inside ``ddp_model.no_sync()``. See
             docs/distributed.md and :mod:`mtl_fast.distributed`.
+        warn_unshared: warn when some ``shared_params`` are reached by one loss only (task-specific parameters
+            passed as shared: the aggregator would change their gradients). Set False where that is meant.
     Returns:
         The (K,) float64 weights applied to the shared gradients (None for an aggregator that is not
         Gram-based).
@@ -84,7 +87,8 @@ def backward(losses: Union[Tensor, Sequence[Tensor]], shared_params: Iterable[Te
             raise ValueError(f"shared_params[{i}]: is on {p.device} but the losses are on {losses[0].device}")
 
     if process_group is not None:
-        return _backward_across_ranks(losses, shared, aggregator, retain_graph, jacobian, process_group)
+        return _backward_across_ranks(losses, shared, aggregator, retain_graph, jacobian, process_group,
+                                      warn_unshared)
 
     fixed = _fixed_weights(aggregator, K, losses[0].device)
     if fixed is not None:
@@ -94,22 +98,24 @@ def backward(losses: Union[Tensor, Sequence[Tensor]], shared_params: Iterable[Te
     split = split_parameters(losses, shared)
     if not split.shared:
         raise ValueError("shared_params: none of them is reached by the losses")
+    if warn_unshared:
+        warn_if_unshared(losses, split.shared)
     rows = TaskRows(split.shared, len(split.others), K)
     per_task_gradients(losses, split.shared + split.others, retain_graph, jacobian, rows.add_row)
     with torch.no_grad():
         if isinstance(aggregator, GramAggregator):
-            weights = aggregator.weights(_ops.gram(rows.jacobian))
-            accumulate_grads(split.shared, rows.jacobian, weights)
+            weights = aggregator.weights(_ops.gram(rows.J))
+            accumulate_grads(split.shared, rows.J, weights)
         else:
             weights = None
-            accumulate_grads(split.shared, aggregator.aggregate_chunks(rows.jacobian))
+            accumulate_grads(split.shared, aggregator.aggregate_chunks(rows.J))
         reached_others = [(p, total) for p, total in zip(split.others, rows.other_sums) if total is not None]
         accumulate_grads([p for p, _ in reached_others], [total for _, total in reached_others])
     return weights
 
 
 def _backward_across_ranks(losses: List[Tensor], shared: List[Tensor], aggregator: Aggregator, retain_graph: bool,
-                           jacobian: str, group: dist.ProcessGroup) -> Optional[Tensor]:
+                           jacobian: str, group: dist.ProcessGroup, warn_unshared: bool) -> Optional[Tensor]:
     """backward() with every gradient averaged over the R ranks of ``group`` before it is aggregated.
 
     The gradients are summed over the ranks (:class:`~mtl_fast.distributed.GradientReducer`) and the 1/R of the
@@ -123,6 +129,8 @@ def _backward_across_ranks(losses: List[Tensor], shared: List[Tensor], aggregato
     split = split_parameters(losses, shared)
     inputs = split.shared + split.others
     fixed = _fixed_weights(aggregator, K, device)
+    if fixed is None and warn_unshared:
+        warn_if_unshared(losses, split.shared)
     reducer = GradientReducer(shared, split.reached, split.others, K if fixed is None else 1, group)
     R = reducer.world_size
     if fixed is not None:

@@ -11,7 +11,6 @@ heads keep their ordinary gradients, ``reduction`` is honoured, and the whole st
 """
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any, Iterable, List, Optional, Sequence
 
 import torch
@@ -19,7 +18,7 @@ from torch import Tensor
 
 from .aggregation import PCGrad
 from .backward import backward
-from .jacobian import check_losses, check_params, reachable_leaves
+from .jacobian import check_losses, check_params, reach_counts, reachable_leaves
 
 __all__ = ["PCGradOptimizer"]
 
@@ -71,13 +70,8 @@ class PCGradOptimizer:
 
     @staticmethod
     def _shared_by_several(losses: List[Tensor]) -> List[Tensor]:
-        counts: Counter = Counter()
-        by_id = {}
-        for loss in losses:
-            for p in reachable_leaves([loss]):
-                counts[id(p)] += 1
-                by_id[id(p)] = p
-        return [by_id[i] for i, n in counts.items() if n > 1]
+        counts = reach_counts(losses)
+        return [p for p in reachable_leaves(losses) if counts[id(p)] > 1]
 
     @property
     def param_groups(self):

@@ -1,7 +1,8 @@
 """Representation-level aggregation: an autograd barrier between a shared trunk and the task heads."""
 from __future__ import annotations
 
-from typing import Tuple
+import warnings
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -15,14 +16,26 @@ class _Fork(torch.autograd.Function):
     @staticmethod
     def forward(ctx, features: Tensor, num_tasks: int, aggregator: Aggregator) -> Tuple[Tensor, ...]:
         ctx.aggregator = aggregator
+        # An alias no loss used then arrives as None, not as zeros: it is reported below.
+        ctx.set_materialize_grads(False)
         return tuple(features.view_as(features) for _ in range(num_tasks))
 
     @staticmethod
-    def backward(ctx, *grads: Tensor):
+    def backward(ctx, *grads: Optional[Tensor]):
+        unused = [k for k, g in enumerate(grads) if g is None]
+        if len(unused) == len(grads):
+            return None, None, None
+        if unused:
+            # A zero gradient for a task is a task that wants nothing: a conflict-averse method (MGDA) then
+            # shrinks the whole update towards zero. Almost always a head that was fed the wrong alias.
+            warnings.warn(f"mtl_fast.fork: the aliases of tasks {unused} received no gradient in this backward, so "
+                          f"the aggregator sees a zero gradient for them; feed feats[k] to head k for every one of "
+                          f"the {len(grads)} tasks (or fork into fewer tasks).", UserWarning, stacklevel=2)
+        template = next(g for g in grads if g is not None)
         # Row k is task k's whole feature gradient (batch x features), as the Gram at this level is defined.
-        J = torch.stack([g.reshape(-1) for g in grads])
+        J = torch.stack([torch.zeros_like(template).reshape(-1) if g is None else g.reshape(-1) for g in grads])
         combined = ctx.aggregator.aggregate_chunks([J])[0]
-        return combined.view_as(grads[0]), None, None
+        return combined.view_as(template), None, None
 
 
 def fork(features: Tensor, num_tasks: int, *, aggregator: Aggregator = Sum()) -> Tuple[Tensor, ...]:

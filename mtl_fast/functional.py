@@ -21,17 +21,17 @@ def gram(J: Jacobian) -> Tensor:
     Returns:
         (K, K) float64 tensor on J's device.
     """
-    chunks, _, _ = as_chunks(J)
-    return _ops.gram(chunks)
+    J, _, _ = as_chunks(J)
+    return _ops.gram(J)
 
 
 def combine(J: Jacobian, weights: Tensor) -> Union[Tensor, List[Tensor]]:
     """sum_k weights[k] * J[k] in one pass over J; the result has J's structure without the K dim."""
-    chunks, K, single = as_chunks(J)
+    J, K, single = as_chunks(J)
     check_task_weights(weights, K)
-    if weights.device != chunks[0].device:
-        raise ValueError(f"weights: is on {weights.device} but J is on {chunks[0].device}")
-    out = _ops.combine(chunks, weights)
+    if weights.device != J[0].device:
+        raise ValueError(f"weights: is on {weights.device} but J is on {J[0].device}")
+    out = _ops.combine(J, weights)
     return out[0] if single else out
 
 

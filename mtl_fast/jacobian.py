@@ -2,14 +2,15 @@
 gradients, handed to a sink as soon as each exists. Used by :func:`mtl_fast.backward` locally and across ranks."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
-from typing import Callable, Iterable, List, Optional, Sequence, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
 __all__ = ["JACOBIAN_MODES", "ParameterSplit", "TaskRows", "TaskSink", "check_losses", "check_params",
-           "per_task_gradients", "reachable_leaves", "split_parameters"]
+           "per_task_gradients", "reach_counts", "reachable_leaves", "split_parameters", "warn_if_unshared"]
 
 JACOBIAN_MODES = ("auto", "batched", "loop")
 
@@ -97,6 +98,31 @@ def reachable_leaves(roots: Sequence[Tensor]) -> List[Tensor]:
     return leaves
 
 
+def reach_counts(losses: Sequence[Tensor]) -> Dict[int, int]:
+    """For every leaf the losses reach, by id, how many of the losses reach it (one graph walk per loss)."""
+    counts: Dict[int, int] = {}
+    for loss in losses:
+        for p in reachable_leaves([loss]):
+            counts[id(p)] = counts.get(id(p), 0) + 1
+    return counts
+
+
+def warn_if_unshared(losses: Sequence[Tensor], shared: Sequence[Tensor]) -> None:
+    """Warns when some of the shared parameters are reached by one loss only: task-specific parameters (a head's)
+    passed as shared, which the aggregator would then change (by PCGrad's projections, say) instead of giving them
+    their ordinary gradient."""
+    if len(losses) < 2:
+        return
+    counts = reach_counts(losses)
+    single = [p for p in shared if counts.get(id(p), 0) == 1]
+    if single:
+        warnings.warn(
+            f"mtl_fast: {len(single)} of the {len(shared)} shared_params are reached by one loss only, so they look "
+            "task-specific (a head's?); the aggregator changes their gradients instead of leaving them their "
+            "ordinary ones. Pass only the shared trunk's parameters (e.g. model.trunk.parameters()), or "
+            "warn_unshared=False if this is meant.", UserWarning, stacklevel=3)
+
+
 @dataclass
 class ParameterSplit:
     """The parameters a backward of the losses touches.
@@ -162,12 +188,12 @@ class TaskRows:
     parameter's gradient (what plain autograd would give it), filled as the per-task gradients arrive."""
 
     def __init__(self, shared: List[Tensor], num_others: int, K: int) -> None:
-        self.jacobian = [torch.empty((K, *p.shape), dtype=p.dtype, device=p.device) for p in shared]
+        self.J = [torch.empty((K, *p.shape), dtype=p.dtype, device=p.device) for p in shared]
         self.other_sums: List[Optional[Tensor]] = [None] * num_others
 
     def add_row(self, k: int, grads: Sequence[Optional[Tensor]]) -> None:
-        n = len(self.jacobian)
-        for rows, g in zip(self.jacobian, grads[:n]):
+        n = len(self.J)
+        for rows, g in zip(self.J, grads[:n]):
             if g is None:
                 rows[k].zero_()
             else:

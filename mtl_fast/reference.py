@@ -7,7 +7,7 @@ Two kinds of function live here:
   the kernels against them, and mtl_fast runs them where no kernel serves (``mtl_fast.backend() == 'python'``,
   other devices, a G that needs a derivative: they are differentiable). No Python branch depends on a tensor's
   value, so they never synchronise with a GPU and torch.compile can trace them, except the QP solver's stopping
-  test (see :func:`nonneg_qp`).
+  test (see :func:`nonneg_qp`) and the fused heads' check of class targets.
 - the methods as their papers state them, on the gradient vectors themselves (``pcgrad``, ``mgda``, ...): oracles
   only, which the tests hold the Gram-based implementations against.
 """
@@ -30,20 +30,22 @@ def _rows(chunk: Tensor) -> Tensor:
     return chunk.reshape(chunk.shape[0], -1)
 
 
-def gram(chunks: Sequence[Tensor]) -> Tensor:
+def gram(J: Sequence[Tensor]) -> Tensor:
     """G = J J^T in float64, J being the chunks' rows laid side by side: G[a, b] = sum_c <J_c[a], J_c[b]>."""
-    K = chunks[0].shape[0]
-    G = torch.zeros(K, K, dtype=torch.float64, device=chunks[0].device)
-    for chunk in chunks:
+    K = J[0].shape[0]
+    G = torch.zeros(K, K, dtype=torch.float64, device=J[0].device)
+    for chunk in J:
         rows = _rows(chunk).double()
         G = G + rows @ rows.T
-    return G
+    # A blocked matrix product need not give G[a, b] and G[b, a] the same rounding; the compiled op's G is
+    # symmetric bit for bit, and so is this one.
+    return (G + G.T) / 2
 
 
-def combine(chunks: Sequence[Tensor], weights: Tensor) -> List[Tensor]:
+def combine(J: Sequence[Tensor], weights: Tensor) -> List[Tensor]:
     """out_c = sum_k weights[k] * J_c[k], accumulated in float64, returned in each chunk's dtype."""
     w = weights.double()
-    return [torch.einsum("k,k...->...", w, chunk.double()).to(chunk.dtype) for chunk in chunks]
+    return [torch.einsum("k,k...->...", w, chunk.double()).to(chunk.dtype) for chunk in J]
 
 
 def pcgrad_weights(G: Tensor, orders: Tensor) -> Tensor:
@@ -56,18 +58,22 @@ def pcgrad_weights(G: Tensor, orders: Tensor) -> Tensor:
     G, finite = finite_or_zero(G.double())
     K = G.shape[0]
     identity = torch.eye(K, dtype=torch.float64, device=G.device)
+    # visits[i, s] is the unit vector of the task i visits at step s: selecting through it rather than indexing
+    # with a tensor keeps every step a dense op that torch.compile traces into one graph.
+    visits = (orders[:, :, None] == torch.arange(K, device=G.device)).to(G.dtype)
     rows = []
     for i in range(K):
         c = identity[i]  # row i of C, updated out of place so that autograd can differentiate through it
         for step in range(K - 1):
-            j = orders[i, step]
-            dot = c @ G[:, j]
-            norm_sq = G[j, j]
+            e_j = visits[i, step]
+            G_j = G @ e_j
+            dot = c @ G_j
+            norm_sq = e_j @ G_j
             # Only a strictly conflicting, nonzero g_j is projected out; a finite guard keeps extreme
             # ratios from producing inf.
             ratio = dot / torch.where(norm_sq > 0, norm_sq, torch.ones_like(norm_sq))
             project = (dot < 0) & (norm_sq > 0) & torch.isfinite(ratio)
-            c = c - torch.where(project, ratio, torch.zeros_like(ratio)) * identity[j]
+            c = c - torch.where(project, ratio, torch.zeros_like(ratio)) * e_j
         rows.append(c)
     return nan_unless(finite, torch.stack(rows).sum(dim=0))
 
@@ -256,15 +262,27 @@ def heads_loss(logits: Tensor, class_targets: Tensor, value_targets: Tensor, siz
     classes = iter(class_targets.unbind(0))
     values = iter(value_targets.split(regression_sizes, dim=1))
     losses: List[Tensor] = []
-    for z, is_regression in zip(logits.split(list(sizes), dim=1), regression):
+    for k, (z, is_regression) in enumerate(zip(logits.split(list(sizes), dim=1), regression)):
         z = z.to(acc)
         if is_regression:
             t = next(values)
             losses.append(F.mse_loss(z, t, reduction="none").sum(1) if reduction == "none"
                           else F.mse_loss(z, t, reduction=reduction))
         else:
-            losses.append(F.cross_entropy(z, next(classes), ignore_index=ignore_index, reduction=reduction))
+            t = next(classes)
+            _check_classes(t, k, sizes[k], ignore_index)
+            losses.append(F.cross_entropy(z, t, ignore_index=ignore_index, reduction=reduction))
     return torch.stack(losses)
+
+
+def _check_classes(targets: Tensor, task: int, size: int, ignore_index: int) -> None:
+    """The op's check of class targets, with its message (the one read of tensor values in this module: without it
+    cross_entropy fails with a bare IndexError, or a device-side assert on a GPU)."""
+    bad = ((targets < 0) | (targets >= size)) & (targets != ignore_index)
+    if bool(bad.any()):
+        b = int(bad.nonzero()[0, 0])
+        raise ValueError(f"targets[{task}][{b}]: class {int(targets[b])} is out of range for task {task}, which has "
+                         f"{size} classes")
 
 
 def pcgrad(J: Tensor, orders: Tensor) -> Tensor:

@@ -4,7 +4,7 @@ import torch
 
 import mtl_fast as mf
 
-from helpers import grads_of, origin_batch, pcgrad_by_hand
+from helpers import grads_of, origin_batch
 
 
 def _plain_grads(model, x, ys, weights=None):
@@ -35,7 +35,7 @@ def _hand_pcgrad(model, x, ys, orders):
     for loss in losses:
         gs = torch.autograd.grad(loss, trunk, retain_graph=True)
         flat.append(torch.cat([g.reshape(-1) for g in gs]))
-    update = pcgrad_by_hand(flat, orders)
+    update = mf.reference.pcgrad(torch.stack(flat), orders).to(flat[0].dtype)
     shared = list(torch.split(update, [p.numel() for p in trunk]))
     heads = list(model.task_heads.parameters())
     head_grads = torch.autograd.grad(sum(losses), heads)

@@ -9,7 +9,7 @@ import torch
 
 import mtl_fast as mf
 from mtl_fast import _ops, reference
-from mtl_fast.aggregators import draw_pcgrad_orders
+from mtl_fast.aggregation import draw_pcgrad_orders
 
 from helpers import origin_batch, random_chunks
 from test_ops import SCALES, SHAPES, TOLERANCE, _close_gram
@@ -38,7 +38,7 @@ def _conflicting_rows(K, n, dtype=torch.float64):
 
 def test_backend_is_cuda():
     assert mf.backend() == "cuda"
-    assert _ops.has_kernel("cuda")
+    assert _ops.has_kernel("gram", "cuda")
 
 
 @pytest.mark.parametrize("K", KS)

@@ -1,19 +1,20 @@
-"""The compiled GradVac step (csrc/kernels/gradvac.h) against the torch-ops path of mtl_fast.GradVac."""
+"""The compiled GradVac step (csrc/kernels/gradvac.h) against its reference, mtl_fast.reference.gradvac_weights."""
 import pytest
 import torch
 
 import mtl_fast as mf
-from mtl_fast import _gradvac_op
+from mtl_fast import _ops
 
-from helpers import without_compiled_kernel
+from helpers import on_reference_path
 
-needs_kernel = pytest.mark.skipif("cpu" not in _gradvac_op._DEVICES, reason="compiled GradVac op not built")
+needs_kernel = pytest.mark.skipif(not _ops.has_kernel("gradvac_weights", "cpu"),
+                                  reason="compiled GradVac op not built")
 
 
 @pytest.fixture
-def torch_path(monkeypatch):
+def torch_path():
     """Runs its body on the torch-ops loop, as on a device without the compiled op."""
-    return without_compiled_kernel(monkeypatch, _gradvac_op)
+    return on_reference_path
 
 
 def gram(K, seed, scale=1.0, rank=None):
@@ -35,7 +36,8 @@ def test_steps_match_the_torch_path(K, torch_path):
             expected = torch_path(theirs.weights, G, orders)
             assert w.dtype == torch.float64 and w.shape == (K,)
             assert torch.allclose(w, expected, rtol=1e-9, atol=1e-12), (seed, step)
-            assert torch.allclose(ours.phi_hat, theirs.phi_hat, rtol=1e-9, atol=1e-12), (seed, step)
+            assert torch.allclose(ours.weighting.phi_hat, theirs.weighting.phi_hat, rtol=1e-9,
+                                  atol=1e-12), (seed, step)
 
 
 @needs_kernel
@@ -49,10 +51,11 @@ def test_degenerate_grams_stay_finite_and_match(torch_path):
     for case, G in cases.items():
         K = G.shape[0]
         ours, theirs = mf.GradVac(beta=0.5, seed=1), mf.GradVac(beta=0.5, seed=1)
-        theirs.phi_hat = ours.phi_hat = torch.full((K, K), 0.5, dtype=torch.float64)  # targets that bite
+        # targets that bite
+        theirs.weighting.phi_hat = ours.weighting.phi_hat = torch.full((K, K), 0.5, dtype=torch.float64)
         orders = mf.PCGrad(seed=1).orders(K, G.device)
         w = ours.weights(G, orders)
-        assert torch.isfinite(w).all() and torch.isfinite(ours.phi_hat).all(), case
+        assert torch.isfinite(w).all() and torch.isfinite(ours.weighting.phi_hat).all(), case
         assert torch.allclose(w, torch_path(theirs.weights, G, orders), rtol=1e-9, atol=1e-12), case
 
 
@@ -65,11 +68,12 @@ def test_collinear_gradients_by_hand(torch_path):
     orders = torch.tensor([[1, 2], [2, 0], [0, 1]])
     for run in (lambda f, *a: f(*a), torch_path):
         agg = mf.GradVac(beta=1.0)
-        agg.phi_hat = torch.zeros(3, 3, dtype=torch.float64)
+        agg.weighting.phi_hat = torch.zeros(3, 3, dtype=torch.float64)
         w = run(agg.weights, G, orders)
         # rows of C: task 0 = e0 + 2 e2, task 1 = e1 + 4 e2, task 2 = e2 + 0.5 e0; w = column sums
         assert torch.equal(w, torch.tensor([1.5, 1.0, 7.0], dtype=torch.float64))
-        assert torch.equal(agg.phi_hat, torch.tensor([[0.0, 1, -1], [0, 0, -1], [-1, 0, 0]], dtype=torch.float64))
+        assert torch.equal(agg.weighting.phi_hat,
+                           torch.tensor([[0.0, 1, -1], [0, 0, -1], [-1, 0, 0]], dtype=torch.float64))
 
 
 @needs_kernel

@@ -7,12 +7,12 @@ from torch import nn
 import mtl_fast as mf
 from mtl_fast.nn import MultiTaskHeads
 from mtl_fast.models import MultiTaskNet
-from mtl_fast.nn import _heads_ops
+from mtl_fast import _ops, reference
 
 from helpers import grads_of
 
 SIZES = [3, 1, 7, 4]
-needs_kernel = pytest.mark.skipif(not _heads_ops.has_kernel("cpu"), reason="no compiled heads_loss")
+needs_kernel = pytest.mark.skipif(not _ops.has_kernel("heads_loss", "cpu"), reason="no compiled heads_loss")
 
 
 def make(sizes=SIZES, D=6, B=9, dtype=torch.float64, bias=True):
@@ -167,7 +167,7 @@ def test_gradcheck_op(reduction):
                                              reduction)[0]
 
     assert torch.autograd.gradcheck(op, (logits,))
-    torch.testing.assert_close(op(logits), _heads_ops.reference_heads_loss(
+    torch.testing.assert_close(op(logits), reference.heads_loss(
         logits, classes, values, [3, 2, 4], [False, True, False], -100, reduction))
 
 
@@ -177,7 +177,7 @@ def test_gradcheck_op(reduction):
 def test_opcheck(dtype, reduction):
     logits = torch.randn(5, 6, dtype=dtype, requires_grad=True)
     classes = torch.tensor([[0, 2, 1, -100, 1]])
-    values = torch.randn(5, 3, dtype=_heads_ops.accumulation_dtype(dtype))
+    values = torch.randn(5, 3, dtype=reference.heads_accumulation_dtype(dtype))
     torch.library.opcheck(torch.ops.mtl_fast.heads_loss,
                           (logits, classes, values, [3, 3], [False, True], -100, reduction))
     grad_losses = torch.randn(2, *(() if reduction == "mean" else (5,)))

@@ -4,10 +4,10 @@ import torch
 import torch.nn.functional as F
 
 from mtl_fast.nn import MultiTaskHeads
-from mtl_fast.nn import _heads_ops
+from mtl_fast import _ops, reference
 
 pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not _heads_ops.has_kernel("cuda"), reason="no CUDA heads_loss kernel")]
+              pytest.mark.skipif(not _ops.has_kernel("heads_loss", "cuda"), reason="no CUDA heads_loss kernel")]
 
 
 def inputs(sizes, regression, B, dtype, device, ignore_every=4):
@@ -17,7 +17,7 @@ def inputs(sizes, regression, B, dtype, device, ignore_every=4):
         torch.empty(0, B, dtype=torch.int64, device=device)
     if classes.numel():
         classes[:, ::ignore_every] = -100
-    acc = _heads_ops.accumulation_dtype(dtype)
+    acc = reference.heads_accumulation_dtype(dtype)
     values = torch.randn(B, sum(s for s, r in zip(sizes, regression) if r), dtype=acc, device=device)
     return logits, classes, values
 

@@ -7,7 +7,7 @@ import torch
 
 import mtl_fast as mf
 from mtl_fast import _ops, reference
-from mtl_fast.aggregators import draw_pcgrad_orders
+from mtl_fast.aggregation import draw_pcgrad_orders
 
 from helpers import random_chunks
 
@@ -233,8 +233,10 @@ def test_invalid_orders_are_rejected_by_the_kernel():
 
 
 def _run_python(code: str, env_extra: dict) -> subprocess.CompletedProcess:
+    """Runs code in a fresh interpreter, with the extension switched on unless env_extra switches it off."""
     import os
-    env = dict(os.environ, **env_extra)
+    env = {k: v for k, v in os.environ.items() if k != "MTL_FAST_NO_EXTENSION"}
+    env.update(env_extra)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
 
 
@@ -251,16 +253,38 @@ def test_pure_python_backend_gives_the_same_results():
     torch.testing.assert_close(torch.tensor(eval(out.stdout)), expected)
 
 
-def test_a_broken_extension_warns_once_and_falls_back():
+def test_a_missing_extension_warns_once_and_falls_back():
     code = (
         "import sys, warnings\n"
-        "sys.modules['mtl_fast._C'] = None  # makes `from . import _C` raise ImportError\n"
+        "sys.modules['mtl_fast._C'] = None  # as if it had never been built\n"
         "with warnings.catch_warnings(record=True) as caught:\n"
         "    warnings.simplefilter('always')\n"
         "    import mtl_fast as mf\n"
         "    import mtl_fast._ops\n"
-        "msgs = [str(w.message) for w in caught if 'extension could not be loaded' in str(w.message)]\n"
+        "msgs = [str(w.message) for w in caught if 'mtl_fast: the compiled extension' in str(w.message)]\n"
         "assert len(msgs) == 1, msgs\n"
+        "assert 'was not built' in msgs[0] and 'scripts/install.sh' in msgs[0], msgs\n"
+        "assert 'circular import' not in msgs[0], msgs\n"
+        "assert mf.backend() == 'python'\n"
+        "print('ok')\n")
+    out = _run_python(code, {})
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+def test_a_broken_extension_says_so_and_falls_back():
+    code = (
+        "import sys, warnings, importlib.abc, importlib.machinery\n"
+        "class Broken(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'mtl_fast._C':\n"
+        "            raise ImportError('undefined symbol: _ZN3c10')\n"
+        "sys.meta_path.insert(0, Broken())\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import mtl_fast as mf\n"
+        "msgs = [str(w.message) for w in caught if 'mtl_fast: the compiled extension' in str(w.message)]\n"
+        "assert len(msgs) == 1, msgs\n"
+        "assert 'is broken' in msgs[0] and 'undefined symbol' in msgs[0] and 'rebuild' in msgs[0], msgs\n"
         "assert mf.backend() == 'python'\n"
         "print('ok')\n")
     out = _run_python(code, {})

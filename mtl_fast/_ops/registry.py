@@ -7,7 +7,7 @@ op's twin in :mod:`mtl_fast.reference`, which has the same arguments and the sam
 from __future__ import annotations
 
 import contextlib
-import importlib.util
+import importlib
 import os
 import warnings
 from typing import Dict, FrozenSet, Iterator, Optional
@@ -23,20 +23,21 @@ def _load_extension() -> Optional[str]:
     """Imports mtl_fast._C; returns why it is unavailable, or None."""
     if os.environ.get("MTL_FAST_NO_EXTENSION", "").strip().lower() in ("1", "true", "yes", "on"):
         return "disabled by MTL_FAST_NO_EXTENSION=1"
-    if importlib.util.find_spec("mtl_fast._C") is None:
-        reason = "the compiled extension was not built"
-        warnings.warn(f"mtl_fast: {reason}; using the pure-PyTorch path, which is correct but slower. To get the "
-                      f"C++ kernels, {_BUILD_HINT}.", RuntimeWarning, stacklevel=3)
-        return reason
     try:
         importlib.import_module("mtl_fast._C")
+    except ModuleNotFoundError as exc:
+        if exc.name != "mtl_fast._C":
+            raise
+        reason = "the compiled extension was not built"
+        advice = f"To get the C++ kernels, {_BUILD_HINT}."
     except Exception as exc:  # a build that does not load (ABI mismatch, missing symbol) means the fallback
         reason = f"the compiled extension is broken ({type(exc).__name__}: {exc})"
-        warnings.warn(f"mtl_fast: {reason}; using the pure-PyTorch path, which is correct but slower. It was "
-                      f"probably built against another torch: rebuild it ({_BUILD_HINT}).", RuntimeWarning,
-                      stacklevel=3)
-        return reason
-    return None
+        advice = f"It was probably built against another torch: rebuild it ({_BUILD_HINT})."
+    else:
+        return None
+    warnings.warn(f"mtl_fast: {reason}; using the pure-PyTorch path, which is correct but slower. {advice}",
+                  RuntimeWarning, stacklevel=3)
+    return reason
 
 
 extension_error: Optional[str] = _load_extension()

@@ -23,14 +23,14 @@ class Aggregator(ABC):
     """Maps the per-task gradients J (K rows) of the shared parameters to one combined gradient."""
 
     @abstractmethod
-    def aggregate_chunks(self, chunks: List[Tensor]) -> List[Tensor]:
+    def aggregate_chunks(self, J: List[Tensor]) -> List[Tensor]:
         """Combines validated chunks of shape (K, ...) into one tensor per chunk (shape without the K dim)."""
 
     def __call__(self, J: Jacobian) -> Union[Tensor, List[Tensor]]:
         """The combined gradient of J, a (K, P) tensor (gives (P,)) or a sequence of (K, ...) chunks (gives one
         tensor per chunk); the same as :func:`mtl_fast.aggregate` (J, self)."""
-        chunks, _, single = as_chunks(J)
-        out = self.aggregate_chunks(chunks)
+        J, _, single = as_chunks(J)
+        out = self.aggregate_chunks(J)
         return out[0] if single else out
 
     def __repr__(self) -> str:
@@ -80,14 +80,17 @@ class GramAggregator(Aggregator):
     """An aggregator whose update is sum_k w_k g_k with w = weights(G), G = J J^T.
 
     Args:
-        weighting: the method's G -> w map; a subclass that defines :meth:`weights` itself may pass None.
+        weighting: the method's G -> w map; a subclass that defines :meth:`weights` itself may leave it out.
     """
 
-    def __init__(self, weighting: Optional[Weighting]) -> None:
+    def __init__(self, weighting: Optional[Weighting] = None) -> None:
         self.weighting = weighting
 
     def weights(self, G: Tensor) -> Tensor:
         """The (K,) float64 combination weights for the Gram matrix G (K x K)."""
+        if self.weighting is None:
+            raise NotImplementedError(f"{type(self).__name__}: pass a Weighting to GramAggregator.__init__ or "
+                                      "define weights(G)")
         return self.weighting(G)
 
     def fixed_weights(self, K: int, device: torch.device) -> Optional[Tensor]:
@@ -96,23 +99,29 @@ class GramAggregator(Aggregator):
             return self.weighting.fixed_weights(K, device)
         return None
 
-    def aggregate_chunks(self, chunks: List[Tensor]) -> List[Tensor]:
-        weights = self.fixed_weights(chunks[0].shape[0], chunks[0].device)
+    def aggregate_chunks(self, J: List[Tensor]) -> List[Tensor]:
+        weights = self.fixed_weights(J[0].shape[0], J[0].device)
         if weights is None:
-            weights = self.weights(_ops.gram(chunks))
-        return _ops.combine(chunks, weights)
+            weights = self.weights(_ops.gram(J))
+        return _ops.combine(J, weights)
 
     def state_dict(self) -> Dict[str, object]:
-        """The weighting's state (see :meth:`Weighting.state_dict`)."""
-        return self.weighting.state_dict()
+        """The weighting's state (see :meth:`Weighting.state_dict`; empty without a weighting)."""
+        return {} if self.weighting is None else self.weighting.state_dict()
 
     def load_state_dict(self, state: Dict[str, object]) -> None:
         """Restores what :meth:`state_dict` returned."""
-        self.weighting.load_state_dict(state)
+        if self.weighting is not None:
+            self.weighting.load_state_dict(state)
+        elif state:
+            raise ValueError(f"state: {type(self).__name__} keeps no state, got keys {sorted(state)}")
 
     def reset(self) -> None:
         """Forgets the weighting's state."""
-        self.weighting.reset()
+        if self.weighting is not None:
+            self.weighting.reset()
 
     def __repr__(self) -> str:
+        if self.weighting is None:
+            return super().__repr__()
         return repr(self.weighting).replace("Weighting(", "(", 1)

@@ -37,13 +37,13 @@ class GradDrop(Aggregator):
             raise ValueError(f"leak: every value must be in [0, 1], got {self.leak.tolist()}")
         self.generators = DeviceGenerators(seed)
 
-    def aggregate_chunks(self, chunks: List[Tensor]) -> List[Tensor]:
-        K, device = chunks[0].shape[0], chunks[0].device
+    def aggregate_chunks(self, J: List[Tensor]) -> List[Tensor]:
+        K, device = J[0].shape[0], J[0].device
         if self.leak is not None and self.leak.numel() != K:
             raise ValueError(f"leak: has {self.leak.numel()} values but there are {K} tasks")
         generator = self.generators.get(device)
         out = []
-        for chunk in chunks:
+        for chunk in J:
             dtype = torch.promote_types(chunk.dtype, torch.float32)  # half inputs: sums in fp32
             g = chunk.to(dtype)
             positive, negative = g.clamp_min(0.0), g.clamp_max(0.0)
