@@ -83,6 +83,8 @@ class GramAggregator(Aggregator):
         weighting: the method's G -> w map; a subclass that defines :meth:`weights` itself may leave it out.
     """
 
+    weighting: Optional[Weighting] = None  # also for subclasses that define weights(G) and skip __init__
+
     def __init__(self, weighting: Optional[Weighting] = None) -> None:
         self.weighting = weighting
 
