@@ -1,4 +1,5 @@
-// Argument checks shared by the CPU and CUDA bindings: every message names the argument, its shape and dtype.
+// Argument checks, and contiguous_chunks, shared by the CPU and CUDA bindings: every message names the argument,
+// its shape and dtype.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -24,6 +25,15 @@ inline int64_t check_jacobian(at::TensorList jac, const char* name) {
   }
   TORCH_CHECK(K >= 1, name, ": expected K >= 1 tasks, got K = 0");
   return K;
+}
+
+// The chunks that check_jacobian accepted as contiguous tensors (the same ones where they already are), so that
+// the kernels can walk raw rows.
+inline std::vector<at::Tensor> contiguous_chunks(at::TensorList jac) {
+  std::vector<at::Tensor> chunks;
+  chunks.reserve(jac.size());
+  for (const at::Tensor& t : jac) chunks.push_back(t.contiguous());
+  return chunks;
 }
 
 inline void check_weights(const at::Tensor& weights, int64_t K, const at::Device& device) {
