@@ -71,6 +71,20 @@ inline int64_t check_pcgrad_inputs(const at::Tensor& gram, const at::Tensor& ord
   return K;
 }
 
+// gram and orders as for check_pcgrad_inputs, phi_hat the (K, K) EMA targets, beta the EMA rate; returns K.
+inline int64_t check_gradvac_inputs(const at::Tensor& gram, const at::Tensor& orders, const at::Tensor& phi_hat,
+                                    double beta) {
+  const int64_t K = check_pcgrad_inputs(gram, orders);
+  TORCH_CHECK(phi_hat.dim() == 2 && phi_hat.size(0) == K && phi_hat.size(1) == K,
+              "phi_hat: expected shape (", K, ", ", K, "), got ", phi_hat.sizes());
+  TORCH_CHECK(at::isFloatingType(phi_hat.scalar_type()), "phi_hat: expected a floating dtype, got ",
+              phi_hat.scalar_type());
+  TORCH_CHECK(phi_hat.device() == gram.device(), "phi_hat: is on ", phi_hat.device(), " but gram is on ",
+              gram.device());
+  TORCH_CHECK(beta >= 0.0 && beta <= 1.0, "beta: expected a value in [0, 1], got ", beta);
+  return K;
+}
+
 // Row i of orders must list every task except i exactly once; anything else is not PCGrad (nor GradVac).
 inline void check_orders_are_permutations(const int64_t* orders, int64_t K) {
   std::vector<int64_t> seen(K);

@@ -26,6 +26,16 @@ MTL_HD bool gram_is_finite(const scalar_t* G, int64_t K) {
   return non_finite == 0;
 }
 
+// Weight j of the update sum_i g_i' of the methods that adjust each task's gradient on coefficients (PCGrad,
+// GradVac): coef is K x K row-major, row i the coefficients of g_i' = sum_a coef[i][a] g_a, so w_j = sum_i
+// coef[i][j]. Summed in the order i = 0, 1, ...: the same bits on every device and for any thread count.
+template <typename scalar_t>
+MTL_HD scalar_t combined_weight(const scalar_t* coef, int64_t K, int64_t j) {
+  scalar_t total = scalar_t(0);
+  for (int64_t i = 0; i < K; ++i) total += coef[i * K + j];
+  return total;
+}
+
 }  // namespace mtl_fast
 
 namespace mtl_fast {
