@@ -72,13 +72,6 @@ def has_kernel(device_type: str) -> bool:
     return not _reference_only and device_type in _KERNEL_DEVICES
 
 
-def is_plain_eager_cpu(t: Tensor) -> bool:
-    """Whether t is an ordinary CPU tensor outside any tracing: eager mode, no fake, functional, vmap or
-    batched-gradient wrapper, no dispatch mode. Only such values may be read on the host in the middle of an op's
-    autograd. Needs the extension (callers run only where its kernels do)."""
-    return not torch.compiler.is_compiling() and _C.is_plain_cpu_tensor(t)
-
-
 def backend() -> str:
     """Which kernels are active: 'cuda' (CUDA and C++ kernels), 'cpp' (C++ CPU kernels) or 'python'."""
     if has_kernel("cuda"):
@@ -89,8 +82,6 @@ def backend() -> str:
 
 
 if extension_error is None:
-    from . import _C
-
     @torch.library.register_fake("mtl_fast::gram")
     def _gram_fake(jac: List[Tensor]) -> Tensor:
         K = jac[0].shape[0]

@@ -208,7 +208,14 @@ _TORCH_PATH_ITERATIONS = 10  # the torch-ops solver's default cap, in multiples 
 
 
 def _default_max_iter(K: int) -> int:
-    return 3 * K + 10  # as nonneg_qp_default_max_iter in csrc/kernels/nonneg_qp.h
+    """The pivoting's iteration cap, for the compiled op and (times _TORCH_PATH_ITERATIONS) the torch ops."""
+    return 3 * K + 10
+
+
+def _default_patience(K: int) -> int:
+    """Steps without fewer KKT violations before block pivoting falls back to Murty's single swaps (Kim & Park use
+    3, too few for singular G at K = 64)."""
+    return K // 2 + 3
 
 
 def _compiled_qp_weights(G: Tensor, K: int, method: str, pref: Optional[Tensor] = None) -> Optional[Tensor]:
@@ -217,7 +224,8 @@ def _compiled_qp_weights(G: Tensor, K: int, method: str, pref: Optional[Tensor] 
     will be asked for (the op has none; the torch path is differentiable)."""
     if _ops.needs_derivative(G) or (pref is not None and _ops.needs_derivative(pref)):
         return None
-    return _qp.qp_weights(G, pref, method, QP_REGULARIZATION, QP_TOLERANCE, _default_max_iter(K))
+    return _qp.qp_weights(G, pref, method, QP_REGULARIZATION, QP_TOLERANCE, _default_max_iter(K),
+                          _default_patience(K))
 
 
 def solve_nonnegative_qp(M: Tensor, q: Tensor, *, simplex: bool = False, tol: float = QP_TOLERANCE,
@@ -227,13 +235,11 @@ def solve_nonnegative_qp(M: Tensor, q: Tensor, *, simplex: bool = False, tol: fl
     Block principal pivoting (Judice & Pires 1994; Kim & Park 2011): guess the set F of free coordinates, solve the
     equality-constrained problem on F with one batched linear solve, and move every coordinate that violates a KKT
     condition (z_i < 0 on F, a negative multiplier outside F) to the other set; when the number of violations stops
-    decreasing for K/2 + 3 steps (Kim & Park use 3, too few for singular G at K = 64) it falls back to swapping one
-    index (Murty's rule), which guarantees termination.
+    decreasing for K/2 + 3 steps (:func:`_default_patience`) it falls back to swapping one index (Murty's rule),
+    which guarantees termination.
     The answer is exact up to the linear solves once no KKT condition is violated by more than ``tol`` (relative).
     Where the compiled op exists for M's device (csrc/kernels/nonneg_qp.h: the same steps, with a Cholesky of the
-    free block instead of a batched LU) it runs instead of the torch ops below, in float64. On the CPU, problems
-    without the simplex constraint and K <= 32 take the same steps on a principal-pivot tableau (one rank-1
-    update per index that changes sides, csrc/cpu/nonneg_qp.cpp), checked against M at the end.
+    free block instead of a batched LU) it runs instead of the torch ops below, in float64.
 
     Args:
         M: (K, K) symmetric positive definite.
@@ -249,14 +255,15 @@ def solve_nonnegative_qp(M: Tensor, q: Tensor, *, simplex: bool = False, tol: fl
     """
     B, K = q.shape
     if _qp.has_kernel(M.device.type) and not _ops.needs_derivative(M, q):
-        return _qp.nonneg_qp(M, q, simplex, tol, _default_max_iter(K) if max_iter is None else max_iter)
+        return _qp.nonneg_qp(M, q, simplex, tol, _default_max_iter(K) if max_iter is None else max_iter,
+                             _default_patience(K))
     # Block pivoting leaves a few of the aggregators' problems unsettled after 3K + 10 steps (UPGrad with a
     # rank-deficient G beyond K ~ 20); Murty's rule then settles them within a few times that.
     max_iter = _TORCH_PATH_ITERATIONS * _default_max_iter(K) if max_iter is None else max_iter
     ones = torch.ones(B, K, 1, dtype=M.dtype, device=M.device)
     free = torch.full((B, K), simplex, dtype=torch.bool, device=M.device)
     best = torch.full((B,), K + 1, dtype=torch.int64, device=M.device)
-    patience_reset = K // 2 + 3
+    patience_reset = _default_patience(K)
     patience = torch.full((B,), patience_reset, dtype=torch.int64, device=M.device)
     index = torch.arange(K, device=M.device)
     z = torch.zeros_like(q)
@@ -361,10 +368,6 @@ class MGDA(GramAggregator):
     """
 
     def weights(self, G: Tensor) -> Tensor:
-        if "cpu" in _qp._DEVICES:
-            fast = _qp.direct_cpu_weights(G, None, "mgda", QP_REGULARIZATION, QP_TOLERANCE, None)
-            if fast is not NotImplemented:
-                return fast
         K = check_gram(G)
         # None where a derivative is asked for: the torch ops below (closed form for K = 2) are differentiable
         compiled = _compiled_qp_weights(G, K, "mgda")
@@ -395,12 +398,6 @@ class _DualConeProjection(_WithPreference):
         raise NotImplementedError
 
     def weights(self, G: Tensor) -> Tensor:
-        if self._reads_pref_vector and "cpu" in _qp._DEVICES:
-            # pref_vector is a CPU tensor; one of the wrong length is declined, and preference() below reports it.
-            fast = _qp.direct_cpu_weights(G, self.pref_vector, self._qp_method, QP_REGULARIZATION, QP_TOLERANCE,
-                                          None)
-            if fast is not NotImplemented:
-                return fast
         K = check_gram(G)
         compiled = _compiled_qp_weights(G, K, self._qp_method, self._preference_or_mean(K, G.device))
         if compiled is not None:

@@ -87,13 +87,6 @@ if _KERNEL_DEVICES:
             losses = reference_heads_loss(logits, class_targets, value_targets, ctx.sizes, ctx.regression,
                                           ctx.ignore_index, ctx.reduction)
             grad_logits = torch.autograd.grad(losses, logits, grad_losses, create_graph=True)[0]
-        elif _ops.is_plain_eager_cpu(grad_losses) and bool((grad_losses == 1).all()):
-            # losses.sum().backward(), the usual case: the saved gradient is already the answer, so skip a pass
-            # over it (asked on the CPU only: on the GPU the question costs a sync). Autograd itself does not
-            # modify a returned gradient that is still referenced, and the saved one is; a caller who takes it
-            # from torch.autograd.grad(..., logits) and edits it in place gets autograd's "modified by an
-            # inplace operation" error on a later backward through a retained graph, not a wrong gradient.
-            grad_logits = grad
         else:
             grad_logits = torch.ops.mtl_fast.heads_loss_backward(grad_losses, grad, ctx.sizes)
         return grad_logits, None, None, None, None, None, None
