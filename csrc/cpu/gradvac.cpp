@@ -1,6 +1,6 @@
 // GradVac weights on the CPU: the coefficient recurrence of kernels/gradvac.h for every task, in parallel over
-// tasks. The schema is a library fragment of its own, next to its only kernel so far (the CUDA path of
-// mtl_fast.aggregators.GradVac is its torch-ops loop, which makes no host round trip either).
+// tasks. It is the op's only kernel: on other devices mtl_fast.aggregators.GradVac runs its torch-ops loop, which
+// makes no host round trip either.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -11,13 +11,6 @@
 
 #include "checks.h"
 #include "kernels/gradvac.h"
-
-TORCH_LIBRARY_FRAGMENT(mtl_fast, m) {
-  // One GradVac step: the (K,) float64 weights w with sum_i g_i^GV = sum_j w_j g_j, and the (K, K) float64 EMA
-  // targets after the step; gram (K, K), orders (K, K-1) int64 as for pcgrad_weights, phi_hat (K, K) the EMA
-  // targets before it, beta the EMA rate.
-  m.def("gradvac_weights(Tensor gram, Tensor orders, Tensor phi_hat, float beta) -> (Tensor, Tensor)");
-}
 
 namespace mtl_fast {
 namespace {
