@@ -1,4 +1,5 @@
-// Argument checks shared by the CPU and CUDA bindings: every message names the argument, its shape and dtype.
+// Argument checks, and contiguous_chunks, shared by the CPU and CUDA bindings: every message names the argument,
+// its shape and dtype.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -24,6 +25,15 @@ inline int64_t check_jacobian(at::TensorList jac, const char* name) {
   }
   TORCH_CHECK(K >= 1, name, ": expected K >= 1 tasks, got K = 0");
   return K;
+}
+
+// The chunks that check_jacobian accepted as contiguous tensors (the same ones where they already are), so that
+// the kernels can walk raw rows.
+inline std::vector<at::Tensor> contiguous_chunks(at::TensorList jac) {
+  std::vector<at::Tensor> chunks;
+  chunks.reserve(jac.size());
+  for (const at::Tensor& t : jac) chunks.push_back(t.contiguous());
+  return chunks;
 }
 
 inline void check_weights(const at::Tensor& weights, int64_t K, const at::Device& device) {
@@ -58,6 +68,20 @@ inline int64_t check_pcgrad_inputs(const at::Tensor& gram, const at::Tensor& ord
   TORCH_CHECK(orders.scalar_type() == at::kLong, "orders: expected int64, got ", orders.scalar_type());
   TORCH_CHECK(orders.device() == gram.device(), "orders: is on ", orders.device(), " but gram is on ",
               gram.device());
+  return K;
+}
+
+// gram and orders as for check_pcgrad_inputs, phi_hat the (K, K) EMA targets, beta the EMA rate; returns K.
+inline int64_t check_gradvac_inputs(const at::Tensor& gram, const at::Tensor& orders, const at::Tensor& phi_hat,
+                                    double beta) {
+  const int64_t K = check_pcgrad_inputs(gram, orders);
+  TORCH_CHECK(phi_hat.dim() == 2 && phi_hat.size(0) == K && phi_hat.size(1) == K,
+              "phi_hat: expected shape (", K, ", ", K, "), got ", phi_hat.sizes());
+  TORCH_CHECK(at::isFloatingType(phi_hat.scalar_type()), "phi_hat: expected a floating dtype, got ",
+              phi_hat.scalar_type());
+  TORCH_CHECK(phi_hat.device() == gram.device(), "phi_hat: is on ", phi_hat.device(), " but gram is on ",
+              gram.device());
+  TORCH_CHECK(beta >= 0.0 && beta <= 1.0, "beta: expected a value in [0, 1], got ", beta);
   return K;
 }
 

@@ -122,8 +122,8 @@ class _Losses(nn.Module):
 @needs_kernel
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_backward_with_unit_and_other_loss_weights_and_twice(reduction):
-    """The all-ones upstream gradient (losses.sum()) reuses the saved gradient; other weights scale it. Either
-    way the gradients match the separate heads, also on a second backward through a retained graph."""
+    """The all-ones upstream gradient (losses.sum()) and other weights scale the saved gradient: the gradients
+    match the separate heads, also on a second backward through a retained graph."""
     heads, x, ys = make()
     linears = heads.to_linears()
     for weights in (torch.ones(len(SIZES)), torch.tensor([2.0, -1.0, 0.0, 0.5])):

@@ -27,19 +27,11 @@ inline std::vector<ColumnRange> split_columns(const std::vector<at::Tensor>& chu
   return ranges;
 }
 
-// Ranges per parallel task so that each thread gets at least ~256K elements (about 50 us of work): below
-// that a parallel region costs more than it saves.
+// Ranges per parallel task so that each thread gets at least ~256K elements: below that a parallel region costs
+// more than it saves.
 inline int64_t parallel_grain(int64_t K, int64_t max_cols) {
   constexpr int64_t kMinElementsPerThread = int64_t(1) << 18;
   return std::max<int64_t>(1, kMinElementsPerThread / std::max<int64_t>(1, K * max_cols));
-}
-
-// Contiguous copies (views where already contiguous) so kernels can walk raw rows of length n.
-inline std::vector<at::Tensor> contiguous_chunks(at::TensorList jac) {
-  std::vector<at::Tensor> chunks;
-  chunks.reserve(jac.size());
-  for (const at::Tensor& t : jac) chunks.push_back(t.contiguous());
-  return chunks;
 }
 
 }  // namespace mtl_fast

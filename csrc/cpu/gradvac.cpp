@@ -1,9 +1,10 @@
 // GradVac weights on the CPU: the coefficient recurrence of kernels/gradvac.h for every task, in parallel over
-// tasks. The schema is a library fragment of its own, next to its only kernel so far (the CUDA path of
-// mtl_fast.aggregators.GradVac is its torch-ops loop, which makes no host round trip either).
+// tasks. It is the op's only kernel: on other devices mtl_fast.aggregators.GradVac runs its torch-ops loop, which
+// makes no host round trip either.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <limits>
 #include <tuple>
 #include <vector>
@@ -11,26 +12,12 @@
 #include "checks.h"
 #include "kernels/gradvac.h"
 
-TORCH_LIBRARY_FRAGMENT(mtl_fast, m) {
-  // One GradVac step: the (K,) float64 weights w with sum_i g_i^GV = sum_j w_j g_j, and the (K, K) float64 EMA
-  // targets after the step; gram (K, K), orders (K, K-1) int64 as for pcgrad_weights, phi_hat (K, K) the EMA
-  // targets before it, beta the EMA rate.
-  m.def("gradvac_weights(Tensor gram, Tensor orders, Tensor phi_hat, float beta) -> (Tensor, Tensor)");
-}
-
 namespace mtl_fast {
 namespace {
 
 std::tuple<at::Tensor, at::Tensor> gradvac_weights_cpu(const at::Tensor& gram, const at::Tensor& orders,
                                                        const at::Tensor& phi_hat, double beta) {
-  const int64_t K = check_pcgrad_inputs(gram, orders);
-  TORCH_CHECK(phi_hat.dim() == 2 && phi_hat.size(0) == K && phi_hat.size(1) == K,
-              "phi_hat: expected shape (", K, ", ", K, "), got ", phi_hat.sizes());
-  TORCH_CHECK(at::isFloatingType(phi_hat.scalar_type()), "phi_hat: expected a floating dtype, got ",
-              phi_hat.scalar_type());
-  TORCH_CHECK(phi_hat.device() == gram.device(), "phi_hat: is on ", phi_hat.device(), " but gram is on ",
-              gram.device());
-  TORCH_CHECK(beta >= 0.0 && beta <= 1.0, "beta: expected a value in [0, 1], got ", beta);
+  const int64_t K = check_gradvac_inputs(gram, orders, phi_hat, beta);
   const at::Tensor G = gram.to(at::kDouble).contiguous();
   const at::Tensor ord = orders.contiguous();
   const at::Tensor targets = phi_hat.to(at::kDouble).contiguous();
@@ -50,11 +37,9 @@ std::tuple<at::Tensor, at::Tensor> gradvac_weights_cpu(const at::Tensor& gram, c
     for (int64_t i = first; i < last; ++i)
       gradvac_row(g, o + i * (K - 1), K, i, beta, t + i * K, t_out + i * K, c + i * K);
   });
-  // w_j = sum_i c_ij, summed in a fixed order: the same bits whatever the thread count.
-  at::Tensor weights = at::zeros({K}, G.options());
+  at::Tensor weights = at::empty({K}, G.options());
   double* w = weights.data_ptr<double>();
-  for (int64_t i = 0; i < K; ++i)
-    for (int64_t j = 0; j < K; ++j) w[j] += c[i * K + j];
+  for (int64_t j = 0; j < K; ++j) w[j] = combined_weight(c, K, j);
   return {weights, new_targets};
 }
 

@@ -1,6 +1,5 @@
-// Schemas of the fused heads' loss ops and their CPU kernels. The schemas are a library fragment of their own
-// (not in csrc/ops.cpp) so the heads stay one self-contained unit; they sit in csrc/cpu/ because every build,
-// with or without CUDA, compiles that folder. Fake kernels and autograd: mtl_fast/nn/_heads_ops.py.
+// CPU kernels of the fused heads' loss ops (schemas: csrc/ops.cpp; fake kernels and autograd:
+// mtl_fast/nn/_heads_ops.py).
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -13,21 +12,6 @@
 
 #include "cpu/simd.h"
 #include "heads_checks.h"
-
-TORCH_LIBRARY_FRAGMENT(mtl_fast, m) {
-  // Per-task losses of K heads whose outputs lie side by side in logits (B, sum of sizes), task k owning
-  // sizes[k] columns: softmax cross-entropy against its row of class_targets (K_classification, B) int64 with
-  // F.cross_entropy's ignore_index, or, where regression[k], squared error against its columns of
-  // value_targets (B, sum of regression sizes). Returns the losses, (K,) for 'mean' and 'sum', (K, B) per
-  // sample for 'none', in the accumulation dtype (float32 for float16/bfloat16 logits), and their gradient
-  // with respect to the logits (softmax - onehot, over N for 'mean') in the logits' dtype, for all tasks in
-  // one pass.
-  m.def(
-      "heads_loss(Tensor logits, Tensor class_targets, Tensor value_targets, int[] sizes, bool[] regression, "
-      "int ignore_index, str reduction) -> (Tensor, Tensor)");
-  // The backward of heads_loss: grad's columns of task k scaled by grad_losses[k] (or, per sample, [k, b]).
-  m.def("heads_loss_backward(Tensor grad_losses, Tensor grad, int[] sizes) -> Tensor");
-}
 
 namespace mtl_fast {
 namespace {

@@ -17,14 +17,13 @@ at::Tensor pcgrad_weights_cpu(const at::Tensor& gram, const at::Tensor& orders) 
   check_orders_are_permutations(ord.const_data_ptr<int64_t>(), K);
   if (!gram_is_finite(G.const_data_ptr<double>(), K))  // NaN weights, as every Gram-based op returns for such a G
     return at::full({K}, std::numeric_limits<double>::quiet_NaN(), G.options());
-  at::Tensor weights = at::zeros({K}, G.options());
-  double* w = weights.data_ptr<double>();
-  std::vector<double> coef(K);
-  for (int64_t i = 0; i < K; ++i) {
+  std::vector<double> coef(K * K);
+  for (int64_t i = 0; i < K; ++i)
     pcgrad_row_coefficients(G.const_data_ptr<double>(), ord.const_data_ptr<int64_t>() + i * (K - 1), K, i,
-                            coef.data());
-    for (int64_t a = 0; a < K; ++a) w[a] += coef[a];
-  }
+                            coef.data() + i * K);
+  at::Tensor weights = at::empty({K}, G.options());
+  double* w = weights.data_ptr<double>();
+  for (int64_t a = 0; a < K; ++a) w[a] = combined_weight(coef.data(), K, a);
   return weights;
 }
 

@@ -5,7 +5,6 @@
 #include <torch/library.h>
 
 #include "checks.h"
-#include "cpu/column_ranges.h"
 #include "cuda/chunks.h"
 
 namespace mtl_fast {

@@ -16,14 +16,22 @@ MTL_HD inline int64_t num_pairs(int64_t K) { return K * (K + 1) / 2; }
 
 // Whether every entry of the K x K Gram matrix G is finite. The weights of a G with a NaN or infinite entry (an
 // overflowed or NaN gradient) are all NaN in every op, and GradVac's state is left as it was, rather than
-// whatever the method would make of it. x - x is 0 for finite x and NaN otherwise. The flags are OR-ed into an
-// integer: GCC vectorises that in the AVX2 and AVX-512 builds, where it leaves a bool AND or a floating sum scalar
-// (a scalar pass over 256 entries is a tenth of a K = 16 MGDA solve).
+// whatever the method would make of it. x - x is 0 for finite x and NaN otherwise.
 template <typename scalar_t>
 MTL_HD bool gram_is_finite(const scalar_t* G, int64_t K) {
   int64_t non_finite = 0;
   for (int64_t e = 0; e < K * K; ++e) non_finite |= !(G[e] - G[e] == scalar_t(0));
   return non_finite == 0;
+}
+
+// Weight j of the update sum_i g_i' of the methods that adjust each task's gradient on coefficients (PCGrad,
+// GradVac): coef is K x K row-major, row i the coefficients of g_i' = sum_a coef[i][a] g_a, so w_j = sum_i
+// coef[i][j]. Summed in the order i = 0, 1, ...: the same bits on every device and for any thread count.
+template <typename scalar_t>
+MTL_HD scalar_t combined_weight(const scalar_t* coef, int64_t K, int64_t j) {
+  scalar_t total = scalar_t(0);
+  for (int64_t i = 0; i < K; ++i) total += coef[i * K + j];
+  return total;
 }
 
 }  // namespace mtl_fast

@@ -16,10 +16,10 @@ int blocks_for(int64_t n) { return static_cast<int>((n + kThreads - 1) / kThread
 
 __global__ void __launch_bounds__(kThreads)
     nonneg_qp_kernel(const double* M, const double* Q, int64_t B, int64_t K, bool simplex, double tol,
-                     int64_t max_iter, double* Z, double* work, int* iwork) {
+                     int64_t max_iter, int64_t patience, double* Z, double* work, int* iwork) {
   const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (b >= B) return;
-  nonneg_qp_solve(M, Q + b * K, K, simplex, tol, max_iter, Z + b * K, work + b * nonneg_qp_workspace(K),
+  nonneg_qp_solve(M, Q + b * K, K, simplex, tol, max_iter, patience, Z + b * K, work + b * nonneg_qp_workspace(K),
                   iwork + b * nonneg_qp_index_workspace(K));
 }
 
@@ -54,21 +54,23 @@ __global__ void __launch_bounds__(kThreads) qp_closed_form_kernel(const double* 
 }  // namespace
 
 void nonneg_qp_launch(const double* M, const double* Q, int64_t B, int64_t K, bool simplex, double tol,
-                      int64_t max_iter, double* Z, double* work, int* iwork, cudaStream_t stream) {
+                      int64_t max_iter, int64_t patience, double* Z, double* work, int* iwork,
+                      cudaStream_t stream) {
   if (B == 0) return;
-  nonneg_qp_kernel<<<blocks_for(B), kThreads, 0, stream>>>(M, Q, B, K, simplex, tol, max_iter, Z, work, iwork);
+  nonneg_qp_kernel<<<blocks_for(B), kThreads, 0, stream>>>(M, Q, B, K, simplex, tol, max_iter, patience, Z, work,
+                                                           iwork);
 }
 
 void qp_weights_launch(const double* G, const double* pref, int64_t K, QpMethod method, double regularization,
-                       double tol, int64_t max_iter, double* M, double* Q, double* Z, double* work, int* iwork,
-                       double* weights, cudaStream_t stream) {
+                       double tol, int64_t max_iter, int64_t patience, double* M, double* Q, double* Z,
+                       double* work, int* iwork, double* weights, cudaStream_t stream) {
   if (qp_has_closed_form(method, K)) {
     qp_closed_form_kernel<<<1, kThreads, 0, stream>>>(G, K, weights);
     return;
   }
   qp_prepare_kernel<<<1, kThreads, 0, stream>>>(G, pref, K, method, regularization, M, Q);
-  nonneg_qp_launch(M, Q, qp_problem_count(method, K), K, /*simplex=*/false, tol, max_iter, Z, work, iwork,
-                   stream);
+  nonneg_qp_launch(M, Q, qp_problem_count(method, K), K, /*simplex=*/false, tol, max_iter, patience, Z, work,
+                   iwork, stream);
   qp_finish_kernel<<<1, kThreads, 0, stream>>>(G, Z, pref, K, method, weights);
 }
 

@@ -5,12 +5,12 @@
 // This is the algorithm of mtl_fast.aggregators.solve_nonnegative_qp (Judice & Pires 1994; Kim & Park 2011) step
 // for step, with the same KKT checks, tolerances and anti-cycling rule, so the compiled and the torch paths agree
 // to rounding: guess the free set F, solve the equality-constrained problem on F, flip every coordinate that
-// violates a KKT condition; when the number of violations has not decreased for K/2 + 3 steps, flip only the
-// last violating index (Murty's rule), which cannot cycle. The torch path solves on F with a batched LU; here a
-// dense Cholesky of M_FF in scalar code, which at K <= 64 costs less than one torch op.
+// violates a KKT condition; when the number of violations has not decreased for `patience` steps, flip only the
+// last violating index (Murty's rule), which cannot cycle. The caller (mtl_fast.aggregators) chooses patience and
+// the iteration cap. The torch path solves on F with a batched LU; here a dense Cholesky of M_FF in scalar code.
 //
-// The QP-based aggregators' whole weights(G) also lives here (qp_* below), so the CPU op needs no torch op
-// and the CUDA kernel no host round trip.
+// The QP-based aggregators' whole weights(G) also lives here (qp_* below), so the CUDA kernel needs no host
+// round trip.
 #pragma once
 
 #include <cmath>
@@ -22,8 +22,6 @@ namespace mtl_fast {
 // Workspace of one problem: K*K for the factor of M_FF plus 5*K for the right-hand sides, M z, the active-set
 // method's target and the factor's reciprocal pivots.
 MTL_HD inline int64_t nonneg_qp_workspace(int64_t K) { return K * K + 5 * K; }
-// The iteration cap when the caller gives none (mtl_fast.aggregators._default_max_iter says the same).
-MTL_HD inline int64_t nonneg_qp_default_max_iter(int64_t K) { return 3 * K + 10; }
 // Integer workspace of one problem: the free flags, the list of free indices and the violation flags.
 MTL_HD inline int64_t nonneg_qp_index_workspace(int64_t K) { return 3 * K; }
 
@@ -167,20 +165,21 @@ MTL_HD int64_t mark_kkt_violations(const QpState<scalar_t>& s, const scalar_t* z
 }
 
 // Block principal pivoting, step for step the torch path's; returns whether it settled (z then satisfies the
-// KKT conditions) within max_iter steps.
+// KKT conditions) within max_iter steps. After `patience` steps in a row without fewer violations than the best
+// so far, it flips only the last violating index until the count improves again.
 template <typename scalar_t>
-MTL_HD bool block_pivoting(const QpState<scalar_t>& s, scalar_t tol, int64_t max_iter, scalar_t* z) {
+MTL_HD bool block_pivoting(const QpState<scalar_t>& s, scalar_t tol, int64_t max_iter, int64_t patience,
+                           scalar_t* z) {
   for (int64_t i = 0; i < s.K; ++i) s.free[i] = s.simplex;  // the simplex needs a free coordinate
-  const int64_t patience_reset = s.K / 2 + 3;
-  int64_t best = s.K + 1, patience = patience_reset;
+  int64_t best = s.K + 1, patience_left = patience;
   for (int64_t iteration = 0; iteration < max_iter; ++iteration) {
     const scalar_t lam = solve_on_free_set(s, z);
     int64_t last;
     const int64_t count = mark_kkt_violations(s, z, lam, tol, last);
     if (count == 0) return true;
     const bool improved = count < best;
-    const bool block = improved || patience > 0;
-    patience = improved ? patience_reset : patience - 1;
+    const bool block = improved || patience_left > 0;
+    patience_left = improved ? patience : patience_left - 1;
     best = count < best ? count : best;
     int64_t still_free = 0;
     for (int64_t i = 0; i < s.K; ++i) {
@@ -273,24 +272,18 @@ MTL_HD void clamp_solution(const QpState<scalar_t>& s, scalar_t* z) {
 // q and a nearly singular M beyond K ~ 20, and on a few UPGrad problems with a rank-deficient G), at most
 // max_iter active-set steps. z: out (K values, >= 0, summing to 1 for the simplex form).
 template <typename scalar_t>
-MTL_HD void solve_from_scratch(const QpState<scalar_t>& s, scalar_t tol, int64_t max_iter, scalar_t* z) {
+MTL_HD void solve_from_scratch(const QpState<scalar_t>& s, scalar_t tol, int64_t max_iter, int64_t patience,
+                               scalar_t* z) {
   for (int64_t i = 0; i < s.K; ++i) z[i] = scalar_t(0);
-  if (!block_pivoting(s, tol, max_iter, z)) active_set(s, tol, max_iter, z);
-  clamp_solution(s, z);
-}
-
-// The active-set method alone, for a caller whose own block pivoting did not settle.
-template <typename scalar_t>
-MTL_HD void solve_by_active_set(const QpState<scalar_t>& s, scalar_t tol, int64_t max_iter, scalar_t* z) {
-  active_set(s, tol, max_iter, z);
+  if (!block_pivoting(s, tol, max_iter, patience, z)) active_set(s, tol, max_iter, z);
   clamp_solution(s, z);
 }
 
 // Solves one problem: M K x K row-major, q K values, work / iwork as for make_qp_state.
 template <typename scalar_t>
 MTL_HD void nonneg_qp_solve(const scalar_t* M, const scalar_t* q, int64_t K, bool simplex, scalar_t tol,
-                            int64_t max_iter, scalar_t* z, scalar_t* work, int* iwork) {
-  solve_from_scratch(make_qp_state(M, q, K, simplex, work, iwork), tol, max_iter, z);
+                            int64_t max_iter, int64_t patience, scalar_t* z, scalar_t* work, int* iwork) {
+  solve_from_scratch(make_qp_state(M, q, K, simplex, work, iwork), tol, max_iter, patience, z);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -320,8 +313,7 @@ MTL_HD scalar_t gram_scale(const scalar_t* G, int64_t K) {
 
 // Entry (i, j) of M given gram_scale's value and its reciprocal: the QPs' solutions do not depend on G's scale,
 // so 1e-30- and 1e30-sized gradients give the same well-scaled problem. The entries are multiplied by the
-// reciprocal (K * K divisions would cost more than a small solve), except where it overflows, for a trace
-// below ~5.6e-309, whose entries are divided instead.
+// reciprocal, except where that overflows (a trace below ~5.6e-309), whose entries are divided instead.
 template <typename scalar_t>
 MTL_HD scalar_t normalized_gram_entry(const scalar_t* G, int64_t K, scalar_t trace, scalar_t inverse_trace,
                                       scalar_t regularization, int64_t i, int64_t j) {
@@ -331,18 +323,14 @@ MTL_HD scalar_t normalized_gram_entry(const scalar_t* G, int64_t K, scalar_t tra
   return i == j ? scaled + regularization : scaled;
 }
 
-// All of M in one thread: normalized_gram_entry over the K * K entries, in a form the compiler vectorises.
+// All of M in one thread.
 template <typename scalar_t>
 MTL_HD void normalized_gram(const scalar_t* G, int64_t K, scalar_t regularization, scalar_t* M) {
   const scalar_t trace = gram_scale(G, K);
   const scalar_t inverse_trace = scalar_t(1) / trace;
-  if (trace > scalar_t(0) && inverse_trace - inverse_trace == scalar_t(0)) {
-    for (int64_t e = 0; e < K * K; ++e) M[e] = G[e] * inverse_trace;
-  } else {
-    for (int64_t e = 0; e < K * K; ++e)
-      M[e] = normalized_gram_entry(G, K, trace, inverse_trace, scalar_t(0), e / K, e % K);
-  }
-  for (int64_t i = 0; i < K; ++i) M[i * K + i] += regularization;
+  for (int64_t i = 0; i < K; ++i)
+    for (int64_t j = 0; j < K; ++j)
+      M[i * K + j] = normalized_gram_entry(G, K, trace, inverse_trace, regularization, i, j);
 }
 
 // q of problem b (K values).

@@ -11,19 +11,14 @@ namespace {
 
 constexpr int kMaxThreads = 256;
 
-// coef: K x K scratch, row i = coefficients of g_i^PC. weights[a] = sum_i coef[i][a], summed in the CPU
-// op's order (i = 0, 1, ...).
+// coef: K x K scratch, row i = coefficients of g_i^PC.
 __global__ void __launch_bounds__(kMaxThreads)
     pcgrad_weights_kernel(const double* gram, const int64_t* orders, int64_t K, double* coef, double* weights) {
   for (int64_t i = threadIdx.x; i < K; i += blockDim.x)
     pcgrad_row_coefficients(gram, orders + i * (K - 1), K, i, coef + i * K);
   __syncthreads();
   const bool finite = gram_is_finite(gram, K);
-  for (int64_t a = threadIdx.x; a < K; a += blockDim.x) {
-    double total = 0.0;
-    for (int64_t i = 0; i < K; ++i) total += coef[i * K + a];
-    weights[a] = finite ? total : CUDART_NAN;
-  }
+  for (int64_t a = threadIdx.x; a < K; a += blockDim.x) weights[a] = finite ? combined_weight(coef, K, a) : CUDART_NAN;
 }
 
 }  // namespace

@@ -46,7 +46,7 @@ if defined("heads_loss"):
                                           ctx.ignore_index, ctx.reduction)
             grad_logits = torch.autograd.grad(losses, logits, grad_losses, create_graph=True)[0]
         else:
-            grad_logits = torch.ops.mtl_fast.heads_loss_backward(grad_losses, grad, ctx.sizes)
+            grad_logits = torch.ops.mtl_fast.heads_loss_backward.default(grad_losses, grad, ctx.sizes)
         return grad_logits, None, None, None, None, None, None
 
     torch.library.register_autograd("mtl_fast::heads_loss", _heads_loss_backward, setup_context=_heads_loss_setup)
@@ -56,6 +56,6 @@ def heads_loss(logits: Tensor, class_targets: Tensor, value_targets: Tensor, siz
                regression: Sequence[bool], ignore_index: int, reduction: str) -> Tensor:
     """Per-task losses of the side-by-side logits (arguments as ``mtl_fast::heads_loss``, already checked)."""
     if has_kernel("heads_loss", logits.device.type):
-        return torch.ops.mtl_fast.heads_loss(logits, class_targets, value_targets, list(sizes), list(regression),
-                                             ignore_index, reduction)[0]
+        return torch.ops.mtl_fast.heads_loss.default(logits, class_targets, value_targets, list(sizes),
+                                                     list(regression), ignore_index, reduction)[0]
     return reference.heads_loss(logits, class_targets, value_targets, sizes, regression, ignore_index, reduction)

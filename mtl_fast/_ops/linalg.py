@@ -58,21 +58,21 @@ if defined("gram"):
 def gram(J: Sequence[Tensor]) -> Tensor:
     """G = J J^T in float64 over all chunks."""
     if has_kernel("gram", J[0].device.type):
-        return torch.ops.mtl_fast.gram(list(J))
+        return torch.ops.mtl_fast.gram.default(list(J))
     return reference.gram(J)
 
 
 def combine(J: Sequence[Tensor], weights: Tensor) -> List[Tensor]:
     """sum_k weights[k] * chunk[k] for every chunk, in the chunk's dtype."""
     if has_kernel("combine", J[0].device.type):
-        return list(torch.ops.mtl_fast.combine(list(J), weights))
+        return list(torch.ops.mtl_fast.combine.default(list(J), weights))
     return reference.combine(J, weights)
 
 
 def combine_into(J: Sequence[Tensor], weights: Tensor, out: Sequence[Tensor]) -> None:
     """out[c] += sum_k weights[k] * chunks[c][k], in place."""
     if has_kernel("combine_into", J[0].device.type):
-        torch.ops.mtl_fast.combine_into(list(J), weights, list(out))
+        torch.ops.mtl_fast.combine_into.default(list(J), weights, list(out))
         return
     for o, c in zip(out, reference.combine(J, weights)):
         o.add_(c)

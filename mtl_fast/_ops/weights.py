@@ -48,21 +48,21 @@ def _compiled(op: str, *inputs: Optional[Tensor]) -> bool:
 def pcgrad_weights(G: Tensor, orders: Tensor) -> Tensor:
     """PCGrad's (K,) float64 weights for G and the visiting orders (K, K-1)."""
     if _compiled("pcgrad_weights", G):
-        return torch.ops.mtl_fast.pcgrad_weights(G, orders)
+        return torch.ops.mtl_fast.pcgrad_weights.default(G, orders)
     return reference.pcgrad_weights(G, orders)
 
 
 def gradvac_weights(G: Tensor, orders: Tensor, phi_hat: Tensor, beta: float) -> Tuple[Tensor, Tensor]:
     """One GradVac step: the (K,) float64 weights and the (K, K) float64 EMA targets after it."""
     if _compiled("gradvac_weights", G):
-        return torch.ops.mtl_fast.gradvac_weights(G, orders, phi_hat, beta)
+        return torch.ops.mtl_fast.gradvac_weights.default(G, orders, phi_hat, beta)
     return reference.gradvac_weights(G, orders, phi_hat, beta)
 
 
 def nonneg_qp(M: Tensor, q: Tensor, simplex: bool, tol: float, max_iter: int, patience: int) -> Tensor:
     """The (B, K) solutions of min_z 1/2 z^T M z + q_b^T z, z >= 0 (sum(z) = 1 when ``simplex``)."""
     if _compiled("nonneg_qp", M, q):
-        return torch.ops.mtl_fast.nonneg_qp(M, q, simplex, tol, max_iter, patience)
+        return torch.ops.mtl_fast.nonneg_qp.default(M, q, simplex, tol, max_iter, patience)
     return reference.nonneg_qp(M, q, simplex, tol, max_iter, patience)
 
 
@@ -70,5 +70,5 @@ def qp_weights(G: Tensor, pref: Optional[Tensor], method: str, regularization: f
                patience: int) -> Tensor:
     """The (K,) float64 weights of ``method`` ('mgda', 'dualproj', 'upgrad') on G / trace(G) + regularization I."""
     if _compiled("qp_weights", G, pref):
-        return torch.ops.mtl_fast.qp_weights(G, pref, method, regularization, tol, max_iter, patience)
+        return torch.ops.mtl_fast.qp_weights.default(G, pref, method, regularization, tol, max_iter, patience)
     return reference.qp_weights(G, pref, method, regularization, tol, max_iter, patience)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+import torch
 from torch import Tensor
 
 from .. import _ops
@@ -72,9 +73,13 @@ class PreferenceQPWeighting(Weighting):
     def __init__(self, pref_vector: Optional[Sequence[float]] = None) -> None:
         self.pref_vector = check_preference(pref_vector)
 
+    def preference(self, K: int, device: torch.device) -> Tensor:
+        """The (K,) float64 preference weights u on ``device`` (a subclass may define its own)."""
+        return preference(self.pref_vector, K, device)
+
     def __call__(self, G: Tensor) -> Tensor:
         K = check_gram(G)
-        return qp_weights(G, preference(self.pref_vector, K, G.device), self.method)
+        return qp_weights(G, self.preference(K, G.device), self.method)
 
     def __repr__(self) -> str:
         pref = None if self.pref_vector is None else self.pref_vector.tolist()
