@@ -3,7 +3,7 @@
 Per-task gradients of the shared parameters are combined through their K x K Gram matrix with C++/CUDA
 kernels: ``gram -> weights -> combine``, two passes over the Jacobian, no host synchronisation.
 """
-from . import distributed, loss_weighting, nn, reference
+from . import diagnostics, distributed, loss_weighting, nn, reference
 from ._ops import backend
 from .aggregators import (MGDA, IMTLG, AlignedMTL, Aggregator, CAGrad, DualProj, GradDrop, GradVac, GramAggregator,
                           Mean, NashMTL, PCGrad, Sum, UPGrad, Weighted)
@@ -14,7 +14,7 @@ from .functional import aggregate, combine, gram
 __version__ = "0.1.0"
 
 __all__ = [
-    "Aggregator", "GramAggregator", "Mean", "PCGrad", "Sum", "Weighted",
+    "Aggregator", "GramAggregator", "Mean", "PCGrad", "Sum", "Weighted", "diagnostics",
     "AlignedMTL", "CAGrad", "DualProj", "GradDrop", "GradVac", "IMTLG", "MGDA", "NashMTL", "UPGrad",
     "aggregate", "backend", "backward", "combine", "distributed", "fork", "gram", "nn", "reference", "loss_weighting",
 ]
