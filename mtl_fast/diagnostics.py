@@ -82,8 +82,13 @@ def _cosines(G: Tensor, norms: Tensor) -> Tensor:
     positive = norms > 0
     safe = torch.where(positive, norms, 1.0)
     # dividing by each norm in turn rather than by their product, which can underflow for tiny gradients
-    cosines = (G / safe.unsqueeze(1) / safe.unsqueeze(0)).clamp(-1.0, 1.0)
-    return _nan_unless_finite(G, torch.where(positive.unsqueeze(1) & positive.unsqueeze(0), cosines, 0.0))
+    cosines = G / safe.unsqueeze(1) / safe.unsqueeze(0)
+    # the two orders of division round differently: averaging makes the matrix exactly symmetric, and a
+    # gradient's cosine with itself is exactly 1
+    cosines = ((cosines + cosines.T) * 0.5).clamp(-1.0, 1.0)
+    cosines = torch.where(torch.eye(G.shape[0], dtype=torch.bool, device=G.device), 1.0, cosines)
+    both = positive.unsqueeze(1) & positive.unsqueeze(0)
+    return _nan_unless_finite(G, torch.where(both, cosines, 0.0))
 
 
 def cosine_matrix(G: Tensor) -> Tensor:
