@@ -1,9 +1,9 @@
-"""The embedded dataset and the loaders for a user's own data (mtl_fast.data)."""
+"""The embedded dataset and the loaders for a user's own data (mtl_fast.apps.data)."""
 import numpy as np
 import pytest
 import torch
 
-from mtl_fast.data import IMAGE_SHAPE, SHAPES_TASKS, MultiTaskData, from_tensors, load_npz, make_shapes, save_npz
+from mtl_fast.apps.data import IMAGE_SHAPE, SHAPES_TASKS, MultiTaskData, from_tensors, load_npz, make_shapes, save_npz
 
 
 @pytest.fixture(scope="module")

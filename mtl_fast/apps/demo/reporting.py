@@ -1,0 +1,193 @@
+"""What the demo prints and writes: the seed-noise band, the gradient-conflict summary, the table, the plot and
+the JSON document."""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from .strategies import LEVELS
+from .training import StrategyRun
+
+__all__ = ["NoiseBand", "noise_band", "mean_cosines", "conflict_lines", "table", "plot"]
+
+NOISE_SIGMAS = 2.0
+"""A difference counts as beyond the seed noise past this many standard deviations of a difference."""
+
+
+@dataclass
+class NoiseBand:
+    """Per task, the plain sum's mean accuracy over its seeds and the smallest difference from it that exceeds
+    the seed-to-seed noise (None with fewer than two seeds)."""
+
+    seeds: int
+    mean: List[float]
+    threshold: Optional[List[float]]
+
+    def verdict(self, task: int, accuracy: float) -> str:
+        """'+' above the band, '-' below it, '' within it (or without a band)."""
+        if self.threshold is None:
+            return ""
+        difference = accuracy - self.mean[task]
+        return "+" if difference > self.threshold[task] else "-" if difference < -self.threshold[task] else ""
+
+
+def noise_band(sum_runs: Sequence[StrategyRun], val_size: int) -> NoiseBand:
+    """The band from several seeds of the plain sum (initialisation and batch order differ, the data not).
+
+    A strategy's single run and the seed mean both carry noise, so the deviation of their difference is
+    s * sqrt(1 + 1/S) for a seed-to-seed deviation s over S seeds; one validation image is the least
+    difference there can be.
+    """
+    accuracies = [r.accuracy for r in sum_runs if r.error is None]
+    mean = [statistics.fmean(column) for column in zip(*accuracies)]
+    if len(accuracies) < 2:
+        return NoiseBand(len(accuracies), mean, None)
+    spread = math.sqrt(1 + 1 / len(accuracies))
+    threshold = [max(NOISE_SIGMAS * statistics.stdev(column) * spread, 1 / val_size) for column in zip(*accuracies)]
+    return NoiseBand(len(accuracies), mean, threshold)
+
+
+def mean_cosines(runs: Sequence[StrategyRun]) -> Optional[Tensor]:
+    """The (K, K) cosine matrix averaged over every measurement of ``runs`` (None when none was measured)."""
+    measured = [c for r in runs for c in r.cosines]
+    return torch.stack(measured).mean(dim=0) if measured else None
+
+
+def _with_the_others(cosines: Tensor) -> List[float]:
+    """Per task, its mean cosine with every other task."""
+    K = cosines.shape[0]
+    return [(float(cosines[k].sum()) - float(cosines[k, k])) / (K - 1) for k in range(K)]
+
+
+def conflict_lines(cosines: Tensor, task_names: Sequence[str], measurements: int) -> List[str]:
+    """The gradient-conflict summary: each task's mean cosine with the others, the most conflicting first."""
+    others = _with_the_others(cosines)
+    order = sorted(range(len(task_names)), key=lambda k: others[k])
+    worst = order[0]
+    lines = [f"Gradient conflict under the plain sum (cosines between the tasks' gradients of the trunk's "
+             f"parameters, mean of {measurements} measurements):",
+             "  mean cosine with the other tasks: " + ", ".join(f"{task_names[k]} {others[k]:+.2f}" for k in order)]
+    if others[worst] < 0:
+        pairs = ", ".join(f"{task_names[j]} {float(cosines[worst, j]):+.2f}"
+                          for j in range(len(task_names)) if j != worst)
+        lines.append(f"  {task_names[worst]} conflicts with the others (its cosine with each: {pairs}): a step "
+                     f"that lowers its loss tends to raise theirs.")
+    else:
+        lines.append("  no task's gradient points against the others' on average.")
+    return lines
+
+
+def table(runs: Sequence[StrategyRun], sum_runs: Sequence[StrategyRun], task_names: Sequence[str],
+          chance: Sequence[float], band: NoiseBand) -> str:
+    """The final table: validation accuracy (%) per task and strategy, marked against the seed noise, with the
+    time per step and what each strategy does."""
+    widths = [max(7, len(t) + 1) for t in task_names] + [6, 8]
+    name_width = max([len("strategy"), len(f"sum, {band.seeds} seeds")] + [len(r.strategy.name) for r in runs])
+
+    def row(name: str, level: str, cells: Sequence[str], what: str = "") -> str:
+        line = f"{name:<{name_width}}  {level:<14}" + "".join(f"  {c:>{w}}" for c, w in zip(cells, widths))
+        return f"{line}  {what}".rstrip()
+
+    def percent(values: Sequence[float], marks: Sequence[str] = ()) -> List[str]:
+        marks = list(marks) or [""] * len(values)
+        return [f"{100 * v:.1f}{m}" for v, m in zip(values, marks)] + [f"{100 * statistics.fmean(values):.1f}"]
+
+    header = row("strategy", "level", [*task_names, "mean", "ms/step"], "what it does")
+    lines = [header, "-" * len(header), row("chance", "", percent(chance))]
+    if band.seeds > 1:
+        lines.append(row(f"sum, {band.seeds} seeds", "parameter", percent(band.mean),
+                         "the plain sum's mean over seeds: the reference for + and -"))
+    for run in runs:
+        s = run.strategy
+        if run.error is not None:
+            lines.append(row(s.name, s.level, []) + f"  failed: {run.error}")
+        else:
+            marks = [band.verdict(k, a) for k, a in enumerate(run.accuracy)]
+            step_ms = "-" if run.median_step_ms is None else f"{run.median_step_ms:.1f}"
+            lines.append(row(s.name, s.level, percent(run.accuracy, marks) + [step_ms], s.explanation))
+    lines.append("")
+    lines.append("levels: " + "; ".join(f"{level} = {meaning}" for level, meaning in LEVELS.items()) + ".")
+    if band.threshold is None:
+        lines.append("No seed-noise band: it takes at least two seeds of the plain sum (--noise-seeds).")
+    else:
+        lines.append(f"+ / -: above / below the plain sum's mean by more than the seed noise ({NOISE_SIGMAS:g} "
+                     f"standard deviations of a difference, from {band.seeds} seeds of the sum in this run: "
+                     + ", ".join(f"{t} {100 * d:.1f}" for t, d in zip(task_names, band.threshold)) + " points).")
+    return "\n".join(lines)
+
+
+def plot(path: Path, runs: Sequence[StrategyRun], task_names: Sequence[str], chance: Sequence[float],
+         cosines: Optional[Tensor], title: str) -> None:
+    """Learning curves, one panel per task and one line per strategy (solid: parameter level, dashed:
+    representation level, dotted: loss weighting; chance dash-dotted), and a panel of the tasks' mean gradient
+    cosines under the plain sum."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    panels = len(task_names) + (cosines is not None)
+    columns = min(3, panels)
+    rows = math.ceil(panels / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.4 * columns, 3.4 * rows), squeeze=False)
+    # tab20 pairs a dark and a light shade of 10 hues: the first ten strategies take the dark ones, the next ten
+    # the light ones, so neighbours in the legend differ in hue. The level sets the line style.
+    colours = plt.get_cmap("tab20")
+    styles = {"parameter": "-", "representation": "--", "loss": ":"}
+    for k, (task, ax) in enumerate(zip(task_names, axes.flat)):
+        for i, run in enumerate(runs):
+            if run.error is None:
+                ax.plot(run.curve_steps, [100 * acc[k] for acc in run.curve], label=run.strategy.name,
+                        color=colours((2 * i) % 20 + (i // 10) % 2), linestyle=styles[run.strategy.level])
+        ax.axhline(100 * chance[k], color="black", linestyle="-.", linewidth=0.8, label="chance")
+        ax.set_title(task)
+        ax.set_ylim(0, 102)  # a curve at 100% stays visible above the frame
+        ax.set_xlabel("training step")
+        ax.set_ylabel("validation accuracy (%)")
+        ax.grid(alpha=0.3)
+    if cosines is not None:
+        ax = axes.flat[len(task_names)]
+        image = ax.imshow(cosines.numpy(), cmap="RdBu", vmin=-1, vmax=1)
+        ax.set_xticks(range(len(task_names)), task_names, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(task_names)), task_names, fontsize=8)
+        for i in range(len(task_names)):
+            for j in range(len(task_names)):
+                ax.text(j, i, f"{float(cosines[i, j]):.2f}", ha="center", va="center", fontsize=7)
+        ax.set_title("mean cosine of the tasks' gradients\n(plain sum)", fontsize=9)
+        fig.colorbar(image, ax=ax, fraction=0.046)
+    for ax in axes.flat[panels:]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.suptitle(title)
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), frameon=False)
+    fig.tight_layout(rect=(0, 0.04 + 0.03 * math.ceil(len(labels) / 6), 1, 0.95))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def document(runs: Sequence[StrategyRun], sum_runs: Sequence[StrategyRun], band: NoiseBand,
+             cosines: Optional[Tensor], loop: Optional[Dict[str, float]], task_names: Sequence[str],
+             num_classes: Sequence[int], chance: Sequence[float], config: Dict[str, object],
+             environment: Dict[str, object], wall_seconds: float) -> dict:
+    """The ``--output`` JSON document."""
+    return {
+        "results": [{"strategy": r.strategy.name, "task": t, "accuracy": a, "chance": c,
+                     "beyond_noise": band.verdict(k, a) or None}
+                    for r in runs if r.error is None
+                    for k, (t, a, c) in enumerate(zip(task_names, r.accuracy, chance))],
+        "strategies": [r.to_json(task_names) for r in runs],
+        "noise": {"sum_seeds": [r.to_json(task_names) for r in sum_runs], "mean": dict(zip(task_names, band.mean)),
+                  "threshold": None if band.threshold is None else dict(zip(task_names, band.threshold))},
+        "cosines": None if cosines is None else {"tasks": list(task_names), "matrix": cosines.tolist()},
+        "per_task_loop": loop,
+        "tasks": [{"name": t, "classes": c, "chance": p} for t, c, p in zip(task_names, num_classes, chance)],
+        "config": config,
+        "environment": environment,
+        "wall_seconds": wall_seconds,
+    }
