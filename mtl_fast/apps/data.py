@@ -12,15 +12,16 @@ colour         6        red, green, blue, yellow, magenta, cyan (jittered)      
 size           3        small, medium, large (half-extent 3.4-4.2, 5.0-5.8, 6.6-7.4 px)       1/3
 quadrant       4        which quarter of the image holds the shape's centre                   1/4
 orientation    4        where a small hole in the shape points: up, right, down, left         1/4
-parity         2        (colour + quadrant) mod 2                                             1/2
+distance       2        near or far: a near shape is drawn 1.18x larger, a far one 0.85x         1/2
 =============  =======  ====================================================================  ======
 
 The tasks differ in difficulty (colour and quadrant are read off a few pixels; orientation hangs on a hole of one
-or two pixels in the small shapes) and pull the shared trunk different ways: parity is an XOR of two other tasks'
-labels, so the features that make colour and quadrant linearly readable are the wrong ones for it (either alone
-says nothing about parity), and a good parity feature carries no information about either. Backgrounds are random
-grey levels with pixel noise. Every label is uniformly distributed and independent of the others (parity aside),
-so chance is 1 / classes.
+or two pixels in the small shapes). Distance is the conflicting task: the image shows only the product of size
+and distance (how large the shape looks), so a small near shape looks like a medium far one, and a medium near
+one like a large far one. On such an image the two tasks explain the same cue away from each other: the size
+task wants it read as larger exactly when the distance task wants it read as farther, so their gradients point
+against each other, and no trunk can serve both fully. Backgrounds are random grey levels with pixel noise. Every
+label is uniformly distributed and independent of the others, so chance is 1 / classes.
 
 "multidigits" (:func:`make_multidigits`) is a MultiMNIST-style set made from the 1,797 real 8x8 handwritten digits
 that scikit-learn ships (no download): each 3x28x28 image holds two digits, scaled to 16x16 and placed at random
@@ -48,12 +49,15 @@ __all__ = ["MultiTaskData", "IMAGE_SHAPE", "SHAPES_TASKS", "MULTIDIGITS_TASKS", 
 IMAGE_SHAPE = (3, 28, 28)
 """What :class:`mtl_fast.apps.models.MultiTaskNet`'s trunk takes, so what every image here is made into."""
 
-SHAPES_TASKS: Dict[str, int] = {"shape": 4, "colour": 6, "size": 3, "quadrant": 4, "orientation": 4, "parity": 2}
+SHAPES_TASKS: Dict[str, int] = {"shape": 4, "colour": 6, "size": 3, "quadrant": 4, "orientation": 4, "distance": 2}
 """The embedded dataset's tasks and their numbers of classes, in label-column order."""
 
 _PALETTE = torch.tensor([[0.90, 0.15, 0.15], [0.15, 0.80, 0.20], [0.20, 0.35, 0.95],
                          [0.92, 0.85, 0.15], [0.85, 0.20, 0.85], [0.15, 0.85, 0.88]])
 _SIZE_RANGES = torch.tensor([[3.4, 4.2], [5.0, 5.8], [6.6, 7.4]])  # half-extent in pixels; gaps keep buckets apart
+# Far and near scale the half-extent by 1/sqrt(1.4) and sqrt(1.4): about the ratio between neighbouring sizes, so
+# that a near shape of one size looks like a far one of the next.
+_DISTANCE_SCALES = torch.tensor([1.4 ** 0.5, 1.4 ** -0.5])
 _ORIENTATION_JITTER = math.radians(30)  # within +-45 degrees of the bucket's centre, so buckets stay separable
 _RENDER_CHUNK = 4096  # images rendered at once: bounds the rendering's memory (about 40 KB per image)
 
@@ -152,14 +156,14 @@ def make_shapes(n: int, seed: int = 0) -> MultiTaskData:
         raise ValueError(f"n: expected a positive int, got {n!r}")
     generator = torch.Generator().manual_seed(seed)
     labels = torch.stack([torch.randint(c, (n,), generator=generator) for c in SHAPES_TASKS.values()], dim=1)
-    labels[:, 5] = (labels[:, 1] + labels[:, 3]) % 2
-    shape, colour, size, quadrant, orientation = labels[:, :5].unbind(1)
+    shape, colour, size, quadrant, orientation, distance = labels.unbind(1)
     size_range = _SIZE_RANGES[size]
     centre_offset = lambda: 3.0 + 4.0 * torch.rand(n, generator=generator)  # noqa: E731 - 3..7 px off the middle
     right, below = (quadrant % 2).float() * 2 - 1, (quadrant // 2).float() * 2 - 1
     attributes = {
         "kind": shape, "colour": colour,
-        "half_extent": size_range[:, 0] + (size_range[:, 1] - size_range[:, 0]) * torch.rand(n, generator=generator),
+        "half_extent": (size_range[:, 0] + (size_range[:, 1] - size_range[:, 0]) * torch.rand(n, generator=generator))
+        * _DISTANCE_SCALES[distance],
         "cx": IMAGE_SHAPE[2] / 2 + right * centre_offset(), "cy": IMAGE_SHAPE[1] / 2 + below * centre_offset(),
         # Orientation k turns local "up" clockwise by k quarter turns (up, right, down, left on screen).
         "angle": orientation.float() * (math.pi / 2)

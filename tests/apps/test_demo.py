@@ -183,7 +183,8 @@ def test_noise_band_and_conflict_in_the_report(tmp_path, capsys):
     matrix = torch.tensor(report["cosines"]["matrix"])
     assert matrix.shape == (6, 6) and torch.allclose(matrix.diagonal(), torch.ones(6))
     out = capsys.readouterr().out
-    assert "Gradient conflict under the plain sum" in out and "mean cosine with the other tasks" in out
+    assert "Gradient conflict under the plain sum" in out and "mean cosine with the other tasks'" in out
+    assert len(report["cosines"]["with_the_rest"]) == 6
     assert "levels: parameter = mtl_fast.backward" in out and "seed noise" in out
     assert "PCGrad: projects" in out  # each row says what its strategy does
 
@@ -213,9 +214,17 @@ def test_marks_only_differences_beyond_the_seed_noise():
 
 def test_conflict_lines_name_the_conflicting_task():
     cosines = torch.tensor([[1.0, 0.3, -0.4], [0.3, 1.0, -0.2], [-0.4, -0.2, 1.0]])
-    lines = demo.reporting.conflict_lines(cosines, ["a", "b", "c"], measurements=5)
+    against_rest = torch.tensor([-0.05, 0.04, -0.30])
+    lines = demo.reporting.conflict_lines(cosines, against_rest, ["a", "b", "c"], measurements=5)
     assert "c -0.30" in lines[1] and lines[1].index("c -0.30") < lines[1].index("a -0.05")
     assert lines[2].startswith("  c conflicts with the others") and "a -0.40" in lines[2]
+
+
+def test_cosine_with_the_rest_from_the_gram_matrix():
+    J = torch.randn(4, 50, dtype=torch.float64)
+    rest = [J.sum(0) - J[k] for k in range(4)]
+    want = torch.stack([J[k] @ rest[k] / (J[k].norm() * rest[k].norm()) for k in range(4)])
+    torch.testing.assert_close(demo.reporting.against_the_rest(J @ J.T), want)
 
 
 def test_plot_has_the_cosine_panel(tmp_path):

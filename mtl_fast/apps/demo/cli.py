@@ -19,7 +19,7 @@ import mtl_fast as mf
 from ..data import MultiTaskData, load_npz, make_multidigits, make_shapes
 from . import reporting, toy
 from .strategies import CORE_STRATEGIES, GROUPS, LEVELS, STRATEGIES, Strategy, strategy_names
-from .training import RunConfig, StrategyRun, prepare, time_against_per_task_loop, train_strategy
+from .training import RunConfig, StrategyRun, prepare, probe_batch, time_against_per_task_loop, train_strategy
 
 __all__ = ["main", "QUICK", "DEFAULT", "DATASETS"]
 
@@ -29,8 +29,10 @@ QUICK = RunConfig(train_size=4000, val_size=1000, steps=200, batch_size=64, eval
 DEFAULT = RunConfig(train_size=8000, val_size=2000, steps=250, batch_size=64, eval_every=50, loop_steps=20,
                     noise_seeds=3)
 
+PROBE_SIZE = 256  # training images the tasks' gradients are measured on
+
 DATASETS: Dict[str, str] = {
-    "shapes": "synthetic shapes, six tasks, one of them (parity) in conflict with the others",
+    "shapes": "synthetic shapes, six tasks; distance conflicts with size (the image shows only their product)",
     "multidigits": "two real handwritten digits per image (scikit-learn's 8x8 digits), tasks: left and right digit",
 }
 
@@ -156,12 +158,14 @@ def _list_strategies() -> None:
 def _train_all(strategies: Sequence[Strategy], train, val, num_classes: Sequence[int], config: RunConfig,
                seed: int, progress: bool) -> Tuple[List[StrategyRun], List[StrategyRun]]:
     """(one run per strategy, the plain sum's runs over the noise seeds). The sum's first seed is shared with
-    its row in the table when it is one of the strategies; the sum's runs also measure the gradient cosines."""
+    its row in the table when it is one of the strategies; the sum's runs also measure the tasks' gradients."""
+    probe = probe_batch(train, PROBE_SIZE, seed)
+
     def one(strategy: Strategy, run_seed: int) -> StrategyRun:
         label = strategy.name if run_seed == seed else f"sum, seed {run_seed}"
         try:
             run = train_strategy(strategy, train, val, num_classes, config, run_seed, progress,
-                                 measure_cosines=strategy.name == "sum")
+                                 probe=probe if strategy.name == "sum" else None)
             print(f"  {label:<16} {run.train_seconds:6.1f} s  mean validation accuracy "
                   f"{100 * statistics.fmean(run.accuracy):.1f}%", flush=True)
         except Exception as error:  # noqa: BLE001 - one broken method must not cost the user the others' results
@@ -228,11 +232,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     wall = time.perf_counter() - started
 
     band = reporting.noise_band(sum_runs, len(val_data))
-    cosines = reporting.mean_cosines(sum_runs)
+    cosines, against_rest = reporting.mean_cosines(sum_runs)
     print()
     if cosines is not None:
-        measured = sum(len(r.cosines) for r in sum_runs)
-        print("\n".join(reporting.conflict_lines(cosines, task_names, measured)))
+        measured = sum(len(r.grams) for r in sum_runs)
+        print("\n".join(reporting.conflict_lines(cosines, against_rest, task_names, measured)))
         print()
     print(f"Validation accuracy (%) after {config.steps} steps, and median time per training step:")
     print(reporting.table(runs, sum_runs, task_names, chance, band))
@@ -251,8 +255,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        "device": str(device),
                        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                        "threads": threads}
-        document = reporting.document(runs, sum_runs, band, cosines, loop, task_names, num_classes, chance,
-                                      config_doc, environment, wall)
+        document = reporting.document(runs, sum_runs, band, cosines, against_rest, loop, task_names, num_classes,
+                                      chance, config_doc, environment, wall)
         args.output.write_text(json.dumps(document, indent=2) + "\n")
         print(f"Wrote {args.output}")
     if args.plot is not None:

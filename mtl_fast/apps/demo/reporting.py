@@ -6,15 +6,17 @@ import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
+from mtl_fast import diagnostics
+
 from .strategies import LEVELS
 from .training import StrategyRun
 
-__all__ = ["NoiseBand", "noise_band", "mean_cosines", "conflict_lines", "table", "plot"]
+__all__ = ["NoiseBand", "noise_band", "against_the_rest", "mean_cosines", "conflict_lines", "table", "plot", "document"]
 
 NOISE_SIGMAS = 2.0
 """A difference counts as beyond the seed noise past this many standard deviations of a difference."""
@@ -53,31 +55,39 @@ def noise_band(sum_runs: Sequence[StrategyRun], val_size: int) -> NoiseBand:
     return NoiseBand(len(accuracies), mean, threshold)
 
 
-def mean_cosines(runs: Sequence[StrategyRun]) -> Optional[Tensor]:
-    """The (K, K) cosine matrix averaged over every measurement of ``runs`` (None when none was measured)."""
-    measured = [c for r in runs for c in r.cosines]
-    return torch.stack(measured).mean(dim=0) if measured else None
+def against_the_rest(G: Tensor) -> Tensor:
+    """(K,) cosine between each task's gradient and the sum of the other tasks' gradients, from G alone."""
+    G = G.double()
+    total = G.sum()
+    row = G.sum(dim=1)
+    rest_norm = (total - 2 * row + G.diagonal()).clamp_min(0).sqrt()  # |sum_j g_j - g_k|
+    return (row - G.diagonal()) / (G.diagonal().sqrt() * rest_norm).clamp_min(torch.finfo(G.dtype).tiny)
 
 
-def _with_the_others(cosines: Tensor) -> List[float]:
-    """Per task, its mean cosine with every other task."""
-    K = cosines.shape[0]
-    return [(float(cosines[k].sum()) - float(cosines[k, k])) / (K - 1) for k in range(K)]
+def mean_cosines(runs: Sequence[StrategyRun]) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    """(the (K, K) cosine matrix, each task's cosine with the rest), averaged over every measurement of
+    ``runs``; (None, None) when none was measured."""
+    grams = [G for r in runs for G in r.grams]
+    if not grams:
+        return None, None
+    cosines = torch.stack([diagnostics.cosine_matrix(G) for G in grams]).mean(dim=0)
+    return cosines, torch.stack([against_the_rest(G) for G in grams]).mean(dim=0)
 
 
-def conflict_lines(cosines: Tensor, task_names: Sequence[str], measurements: int) -> List[str]:
-    """The gradient-conflict summary: each task's mean cosine with the others, the most conflicting first."""
-    others = _with_the_others(cosines)
-    order = sorted(range(len(task_names)), key=lambda k: others[k])
+def conflict_lines(cosines: Tensor, against_rest: Tensor, task_names: Sequence[str], measurements: int) -> List[str]:
+    """The gradient-conflict summary: each task's mean cosine with the other tasks' combined gradient, the most
+    conflicting first, and that task's cosine with each other task."""
+    order = sorted(range(len(task_names)), key=lambda k: float(against_rest[k]))
     worst = order[0]
-    lines = [f"Gradient conflict under the plain sum (cosines between the tasks' gradients of the trunk's "
-             f"parameters, mean of {measurements} measurements):",
-             "  mean cosine with the other tasks: " + ", ".join(f"{task_names[k]} {others[k]:+.2f}" for k in order)]
-    if others[worst] < 0:
+    lines = [f"Gradient conflict under the plain sum (the tasks' gradients of the trunk's parameters on "
+             f"{measurements} measurements):",
+             "  mean cosine with the other tasks' combined gradient: "
+             + ", ".join(f"{task_names[k]} {float(against_rest[k]):+.2f}" for k in order)]
+    if float(against_rest[worst]) < 0:
         pairs = ", ".join(f"{task_names[j]} {float(cosines[worst, j]):+.2f}"
                           for j in range(len(task_names)) if j != worst)
-        lines.append(f"  {task_names[worst]} conflicts with the others (its cosine with each: {pairs}): a step "
-                     f"that lowers its loss tends to raise theirs.")
+        lines.append(f"  {task_names[worst]} conflicts with the others (its mean cosine with each: {pairs}): a "
+                     f"step that lowers its loss tends to raise theirs.")
     else:
         lines.append("  no task's gradient points against the others' on average.")
     return lines
@@ -172,7 +182,8 @@ def plot(path: Path, runs: Sequence[StrategyRun], task_names: Sequence[str], cha
 
 
 def document(runs: Sequence[StrategyRun], sum_runs: Sequence[StrategyRun], band: NoiseBand,
-             cosines: Optional[Tensor], loop: Optional[Dict[str, float]], task_names: Sequence[str],
+             cosines: Optional[Tensor], against_rest: Optional[Tensor], loop: Optional[Dict[str, float]],
+             task_names: Sequence[str],
              num_classes: Sequence[int], chance: Sequence[float], config: Dict[str, object],
              environment: Dict[str, object], wall_seconds: float) -> dict:
     """The ``--output`` JSON document."""
@@ -184,7 +195,8 @@ def document(runs: Sequence[StrategyRun], sum_runs: Sequence[StrategyRun], band:
         "strategies": [r.to_json(task_names) for r in runs],
         "noise": {"sum_seeds": [r.to_json(task_names) for r in sum_runs], "mean": dict(zip(task_names, band.mean)),
                   "threshold": None if band.threshold is None else dict(zip(task_names, band.threshold))},
-        "cosines": None if cosines is None else {"tasks": list(task_names), "matrix": cosines.tolist()},
+        "cosines": None if cosines is None else {"tasks": list(task_names), "matrix": cosines.tolist(),
+                                                 "with_the_rest": against_rest.tolist()},
         "per_task_loop": loop,
         "tasks": [{"name": t, "classes": c, "chance": p} for t, c, p in zip(task_names, num_classes, chance)],
         "config": config,

@@ -14,15 +14,13 @@ import torch
 from torch import Tensor
 
 import mtl_fast as mf
-from mtl_fast import diagnostics
-
 from ..baselines import per_task_loop_backward
 from ..data import MultiTaskData
 from ..models import MultiTaskNet
 from .strategies import STRATEGIES, LossLevel, Strategy
 
-__all__ = ["RunConfig", "Prepared", "StrategyRun", "prepare", "task_cosines", "train_strategy", "evaluate",
-           "time_against_per_task_loop"]
+__all__ = ["RunConfig", "Prepared", "StrategyRun", "prepare", "probe_batch", "task_gram", "train_strategy",
+           "evaluate", "time_against_per_task_loop"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +73,14 @@ def _batches(train: Prepared, batch_size: int, steps: int, seed: int) -> Iterato
         yield train.images[index], list(train.labels[:, index])
 
 
+def probe_batch(train: Prepared, size: int, seed: int) -> Tuple[Tensor, List[Tensor]]:
+    """A fixed seeded sample of training images on which the tasks' gradients are measured: larger than a
+    training batch, so the cosines reflect the tasks' directions more than one batch's noise."""
+    index = torch.randperm(train.images.shape[0], generator=torch.Generator().manual_seed(seed))[:size]
+    index = index.to(train.images.device)
+    return train.images[index], list(train.labels[:, index])
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # so the host clock sees the step's kernels finish
@@ -95,14 +101,14 @@ def _backward(model: MultiTaskNet, strategy: Strategy, method: object, x: Tensor
     return sum(loss.detach() for loss in losses)
 
 
-def task_cosines(model: MultiTaskNet, x: Tensor, ys: List[Tensor]) -> Tensor:
-    """(K, K) cosines between the tasks' gradients of the trunk's parameters on one batch, from their Gram
-    matrix (the model's ``.grad`` is left alone)."""
+def task_gram(model: MultiTaskNet, x: Tensor, ys: List[Tensor]) -> Tensor:
+    """(K, K) Gram matrix of the tasks' gradients of the trunk's parameters on one batch (the model's ``.grad``
+    is left alone)."""
     shared = list(model.trunk.parameters())
     losses = model.losses(model(x), ys)
     rows = [torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, shared, retain_graph=k + 1 < len(losses))])
             for k, loss in enumerate(losses)]
-    return diagnostics.cosine_matrix(mf.gram(torch.stack(rows))).cpu()
+    return mf.gram(torch.stack(rows)).cpu()
 
 
 @torch.no_grad()
@@ -127,7 +133,7 @@ class StrategyRun:
     accuracy: List[float] = field(default_factory=list)
     curve_steps: List[int] = field(default_factory=list)
     curve: List[List[float]] = field(default_factory=list)  # per evaluation, per task
-    cosines: List[Tensor] = field(default_factory=list)  # per evaluation, (K, K), when measured
+    grams: List[Tensor] = field(default_factory=list)  # per evaluation, (K, K), when measured
     step_seconds: List[float] = field(default_factory=list)
     train_seconds: float = 0.0
     final_loss: Optional[float] = None
@@ -153,9 +159,11 @@ def _new_model(num_classes: Sequence[int], seed: int, device: torch.device) -> M
 
 
 def train_strategy(strategy: Strategy, train: Prepared, val: Prepared, num_classes: Sequence[int],
-                   config: RunConfig, seed: int, progress: bool, measure_cosines: bool = False) -> StrategyRun:
+                   config: RunConfig, seed: int, progress: bool,
+                   probe: Optional[Tuple[Tensor, List[Tensor]]] = None) -> StrategyRun:
     """Trains a fresh network with ``strategy`` for ``config.steps`` steps, evaluating every ``eval_every``;
-    with ``measure_cosines``, also the tasks' gradient cosines on the batch of each evaluation step."""
+    with ``measure_gradients``, also the Gram matrix of the tasks' gradients on ``probe`` (training images) at
+    each evaluation step."""
     from tqdm.auto import tqdm
 
     run = StrategyRun(strategy, seed)
@@ -172,8 +180,8 @@ def train_strategy(strategy: Strategy, train: Prepared, val: Prepared, num_class
     loss = torch.zeros(())
     for step, (x, ys) in enumerate(_batches(train, config.batch_size, config.steps, seed), start=1):
         evaluating = step % config.eval_every == 0 or step == config.steps
-        if evaluating and measure_cosines:
-            run.cosines.append(task_cosines(model, x, ys))  # outside the step's clock
+        if evaluating and probe is not None:
+            run.grams.append(task_gram(model, *probe))  # outside the step's clock
         _sync(device)
         tick = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
