@@ -188,8 +188,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="draw the paths over the loss contours, with the Pareto set (needs matplotlib)")
     parser.add_argument("--methods", metavar="LIST", default=",".join(TOY_METHODS),
                         help=f"comma-separated, from: {', '.join(TOY_METHODS)} (default: all)")
-    parser.add_argument("--steps", type=int, default=1500, metavar="N", help="Adam steps per path (default 1500)")
-    parser.add_argument("--lr", type=float, default=0.02, help="Adam's learning rate (default 0.02)")
+    parser.add_argument("--steps", type=int, default=800, metavar="N", help="Adam steps per path (default 800)")
+    parser.add_argument("--lr", type=float, default=0.04, help="Adam's learning rate (default 0.04)")
     return parser
 
 
