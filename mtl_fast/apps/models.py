@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import List, Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

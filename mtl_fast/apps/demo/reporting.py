@@ -18,14 +18,21 @@ from .training import StrategyRun
 
 __all__ = ["NoiseBand", "noise_band", "against_the_rest", "mean_cosines", "conflict_lines", "table", "plot", "document"]
 
-NOISE_SIGMAS = 2.0
-"""A difference counts as beyond the seed noise past this many standard deviations of a difference."""
+# Two-sided 95% quantiles of Student's t by degrees of freedom (seeds - 1): a few seeds estimate the spread
+# loosely, and the t quantile widens the band to match; from 30 on, the normal one.
+_T_QUANTILES = (12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 2.23, 2.20, 2.18, 2.16, 2.14, 2.13, 2.12,
+                2.11, 2.10, 2.09, 2.09, 2.08, 2.07, 2.07, 2.06, 2.06, 2.06, 2.05, 2.05, 2.05)
+
+
+def _t_quantile(dof: int) -> float:
+    return _T_QUANTILES[dof - 1] if dof <= len(_T_QUANTILES) else 1.96
 
 
 @dataclass
 class NoiseBand:
     """Per task, the plain sum's mean accuracy over its seeds and the smallest difference from it that exceeds
-    the seed-to-seed noise (None with fewer than two seeds)."""
+    the seed-to-seed noise (None with fewer than two seeds): the half-width of a 95% prediction interval for one
+    more run of the sum."""
 
     seeds: int
     mean: List[float]
@@ -43,15 +50,15 @@ def noise_band(sum_runs: Sequence[StrategyRun], val_size: int) -> NoiseBand:
     """The band from several seeds of the plain sum (initialisation and batch order differ, the data not).
 
     A strategy's single run and the seed mean both carry noise, so the deviation of their difference is
-    s * sqrt(1 + 1/S) for a seed-to-seed deviation s over S seeds; one validation image is the least
-    difference there can be.
+    s * sqrt(1 + 1/S) for a seed-to-seed deviation s over S seeds, scaled by Student's t for S - 1 degrees of
+    freedom; one validation image is the least difference there can be.
     """
     accuracies = [r.accuracy for r in sum_runs if r.error is None]
     mean = [statistics.fmean(column) for column in zip(*accuracies)]
     if len(accuracies) < 2:
         return NoiseBand(len(accuracies), mean, None)
-    spread = math.sqrt(1 + 1 / len(accuracies))
-    threshold = [max(NOISE_SIGMAS * statistics.stdev(column) * spread, 1 / val_size) for column in zip(*accuracies)]
+    width = _t_quantile(len(accuracies) - 1) * math.sqrt(1 + 1 / len(accuracies))
+    threshold = [max(width * statistics.stdev(column), 1 / val_size) for column in zip(*accuracies)]
     return NoiseBand(len(accuracies), mean, threshold)
 
 
@@ -93,8 +100,7 @@ def conflict_lines(cosines: Tensor, against_rest: Tensor, task_names: Sequence[s
     return lines
 
 
-def table(runs: Sequence[StrategyRun], sum_runs: Sequence[StrategyRun], task_names: Sequence[str],
-          chance: Sequence[float], band: NoiseBand) -> str:
+def table(runs: Sequence[StrategyRun], task_names: Sequence[str], chance: Sequence[float], band: NoiseBand) -> str:
     """The final table: validation accuracy (%) per task and strategy, marked against the seed noise, with the
     time per step and what each strategy does."""
     widths = [max(7, len(t) + 1) for t in task_names] + [6, 8]
@@ -126,8 +132,8 @@ def table(runs: Sequence[StrategyRun], sum_runs: Sequence[StrategyRun], task_nam
     if band.threshold is None:
         lines.append("No seed-noise band: it takes at least two seeds of the plain sum (--noise-seeds).")
     else:
-        lines.append(f"+ / -: above / below the plain sum's mean by more than the seed noise ({NOISE_SIGMAS:g} "
-                     f"standard deviations of a difference, from {band.seeds} seeds of the sum in this run: "
+        lines.append(f"+ / -: above / below the plain sum's mean by more than the seed noise (outside the 95% range "
+                     f"of one more run of the sum, from {band.seeds} seeds of it in this run: "
                      + ", ".join(f"{t} {100 * d:.1f}" for t, d in zip(task_names, band.threshold)) + " points).")
     return "\n".join(lines)
 

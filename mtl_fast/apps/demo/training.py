@@ -112,7 +112,7 @@ def task_gram(model: MultiTaskNet, x: Tensor, ys: List[Tensor]) -> Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: MultiTaskNet, val: Prepared, batch_size: int = 1000) -> List[float]:
+def evaluate(model: MultiTaskNet, val: Prepared, batch_size: int = 250) -> List[float]:
     """Per-task accuracy on ``val``."""
     model.eval()
     correct = torch.zeros(model.num_tasks, dtype=torch.long, device=val.images.device)
