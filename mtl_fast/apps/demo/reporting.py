@@ -169,12 +169,17 @@ def plot(path: Path, runs: Sequence[StrategyRun], task_names: Sequence[str], cha
         ax.grid(alpha=0.3)
     if cosines is not None:
         ax = axes.flat[len(task_names)]
-        image = ax.imshow(cosines.numpy(), cmap="RdBu", vmin=-1, vmax=1)
+        # The colour scale spans the off-diagonal cosines, so a conflict of -0.1 shows (the diagonal is 1).
+        off_diagonal = cosines - torch.diag(cosines.diagonal())
+        reach = max(0.1, float(off_diagonal.abs().max()))
+        image = ax.imshow(cosines.numpy(), cmap="RdBu", vmin=-reach, vmax=reach)
         ax.set_xticks(range(len(task_names)), task_names, rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(len(task_names)), task_names, fontsize=8)
         for i in range(len(task_names)):
             for j in range(len(task_names)):
-                ax.text(j, i, f"{float(cosines[i, j]):.2f}", ha="center", va="center", fontsize=7)
+                value = float(cosines[i, j])
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if abs(value) > 0.7 * reach else "black")
         ax.set_title("mean cosine of the tasks' gradients\n(plain sum)", fontsize=9)
         fig.colorbar(image, ax=ax, fraction=0.046)
     for ax in axes.flat[panels:]:
