@@ -16,7 +16,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     import torch
 
-    from mtl_fast.bench.scenarios import scenarios
+    from mtl_fast.apps.bench.scenarios import scenarios
 
     device = metafunc.config.getoption("--mtl-device")
     if device == "cuda" and not torch.cuda.is_available():

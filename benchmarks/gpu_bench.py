@@ -16,8 +16,8 @@ import torch
 
 import mtl_fast as mf
 from mtl_fast.aggregation import draw_pcgrad_orders
-from mtl_fast.bench.report import environment
-from mtl_fast.bench.timing import memcpy_bandwidth, time_calls
+from mtl_fast.apps.bench.report import environment
+from mtl_fast.apps.bench.timing import memcpy_bandwidth, time_calls
 
 ops = torch.ops.mtl_fast
 HEADLINE = (8, 16 * 1024 * 1024)  # K, P of aggregate_bandwidth_fraction

@@ -13,9 +13,9 @@ from typing import Any, Dict, Tuple
 import pytest
 import torch
 
-from mtl_fast.bench.runner import check_method
-from mtl_fast.bench.scenarios import Built, Scenario
-from mtl_fast.bench.timing import synchronize
+from mtl_fast.apps.bench.runner import check_method
+from mtl_fast.apps.bench.scenarios import Built, Scenario
+from mtl_fast.apps.bench.timing import synchronize
 
 _built: Dict[str, Built] = {}
 

@@ -3,7 +3,7 @@
 Per-task gradients of the shared parameters are combined through their K x K Gram matrix with C++/CUDA
 kernels: ``gram -> weights -> combine``, two passes over the Jacobian, no host synchronisation.
 """
-from . import aggregation, distributed, loss_weighting, nn, reference
+from . import aggregation, diagnostics, distributed, loss_weighting, nn, reference
 from ._ops import backend, backend_info
 from .aggregation import (MGDA, IMTLG, AlignedMTL, Aggregator, CAGrad, DualProj, GradDrop, GradVac, GramAggregator,
                           Mean, NashMTL, PCGrad, Sum, UPGrad, Weighted, Weighting)
@@ -14,7 +14,7 @@ from .functional import aggregate, combine, gram
 __version__ = "0.1.0"
 
 __all__ = [
-    "Aggregator", "GramAggregator", "Weighting", "Mean", "PCGrad", "Sum", "Weighted",
+    "Aggregator", "GramAggregator", "Weighting", "Mean", "PCGrad", "Sum", "Weighted", "diagnostics",
     "AlignedMTL", "CAGrad", "DualProj", "GradDrop", "GradVac", "IMTLG", "MGDA", "NashMTL", "UPGrad",
     "aggregate", "aggregation", "backend", "backend_info", "backward", "combine", "distributed", "fork", "gram",
     "loss_weighting", "nn", "reference",

@@ -7,7 +7,8 @@ from typing import List, Optional
 _USAGE = """usage: mtl-fast {info,demo,bench} [options]
 
   info    the installed build: versions, active backend, devices
-  demo    train the origin document's network on an embedded multi-task dataset, comparing strategies
+  demo    train the classic MTL network with several multi-task strategies and compare them against the
+          seed noise (`mtl-fast demo toy`: the two-task toy problem of the CAGrad and Nash-MTL papers)
   bench   benchmark mtl_fast against the per-task loop, TorchJD and its own reference
 
 Run `mtl-fast COMMAND --help` for a command's options."""
@@ -40,10 +41,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if command == "info":
         return info()
     if command == "demo":
-        from .demo import main as demo_main
+        from .apps.demo import main as demo_main
         return demo_main(rest)
     if command == "bench":
-        from .bench import main as bench_main
+        from .apps.bench import main as bench_main
         return bench_main(rest)
     print(f"mtl-fast: unknown command {command!r}\n\n{_USAGE}", file=sys.stderr)
     return 2

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from mtl_fast import _ops
-from mtl_fast.models import MultiTaskNet
+from mtl_fast.apps.models import MultiTaskNet
 
 
 def random_chunks(K: int, shapes: Sequence[tuple], dtype=torch.float32, scale: float = 1.0) -> List[Tensor]:

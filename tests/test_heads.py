@@ -6,7 +6,7 @@ from torch import nn
 
 import mtl_fast as mf
 from mtl_fast.nn import MultiTaskHeads
-from mtl_fast.models import MultiTaskNet
+from mtl_fast.apps.models import MultiTaskNet
 from mtl_fast import _ops, reference
 
 from helpers import grads_of

@@ -6,7 +6,7 @@ import torch
 
 import mtl_fast as mf
 from mtl_fast import loss_weighting as W
-from mtl_fast.models import MultiTaskNet
+from mtl_fast.apps.models import MultiTaskNet
 
 
 def losses_of(*values):

@@ -8,7 +8,7 @@ import mtl_fast as mf
 from mtl_fast import _ops
 from mtl_fast import reference as ref
 from mtl_fast.aggregation import draw_pcgrad_orders, solve_nonnegative_qp
-from mtl_fast.models import MultiTaskNet
+from mtl_fast.apps.models import MultiTaskNet
 
 FACTORIES = {
     "MGDA": lambda: mf.MGDA(), "DualProj": lambda: mf.DualProj(), "UPGrad": lambda: mf.UPGrad(),

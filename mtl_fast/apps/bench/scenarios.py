@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import functools
 import inspect
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
-from unittest import mock
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 import mtl_fast
-from mtl_fast import _ops, aggregators, reference
-from mtl_fast.aggregators import GramAggregator, PCGrad, _FixedWeights
-from mtl_fast.baselines import per_task_loop_backward, per_task_loop_pcgrad
-from mtl_fast.models import LargeTrunk, MultiTaskNet
+from mtl_fast import GramAggregator, PCGrad, reference
+from mtl_fast._ops import reference_only
+
+from ..baselines import per_task_loop_backward, per_task_loop_pcgrad
+from ..models import LargeTrunk, MultiTaskNet
 
 __all__ = ["Method", "Built", "Scenario", "scenarios", "select", "torchjd_pcgrad_orders", "SUBJECT", "FLOORS"]
 
@@ -104,13 +103,6 @@ def _seeded(fn: Callable[[], Any], seed: int) -> Any:
         return fn()
 
 
-@contextmanager
-def python_ops() -> Iterator[None]:
-    """mtl_fast with its compiled kernels switched off: the path ``backend() == 'python'`` takes."""
-    with mock.patch.object(_ops, "has_kernel", lambda device_type: False):
-        yield
-
-
 def _tolerance(dtype: torch.dtype) -> float:
     return {torch.float64: 1e-9, torch.float32: 1e-4}.get(dtype, 2e-2)
 
@@ -187,12 +179,9 @@ def _aggregate(K: int, P: int, dtype: torch.dtype, device: torch.device) -> Scen
 
 
 def gram_aggregators() -> List[type]:
-    """Every public GramAggregator in mtl_fast.aggregators whose weights depend on G (fixed weights have no
-    solver)."""
-    found = {obj for name, obj in vars(aggregators).items()
-             if not name.startswith("_") and isinstance(obj, type) and issubclass(obj, GramAggregator)
-             and not inspect.isabstract(obj) and not issubclass(obj, _FixedWeights)}
-    return sorted(found, key=lambda cls: cls.__name__)
+    """The Gram-based aggregators whose weights depend on G, by name (fixed weights have no solver)."""
+    return [mtl_fast.AlignedMTL, mtl_fast.CAGrad, mtl_fast.DualProj, mtl_fast.GradVac, mtl_fast.IMTLG,
+            mtl_fast.MGDA, mtl_fast.NashMTL, mtl_fast.PCGrad, mtl_fast.UPGrad]
 
 
 def _nash_update(aggregator: GramAggregator, J: Tensor, G: Tensor, orders: Optional[Tensor]) -> Tensor:
@@ -282,7 +271,7 @@ def _solver(cls: type, K: int, device: torch.device) -> Scenario:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# A training step (forward, per-task losses, backward into .grad) on the origin network or the large trunk
+# A training step (forward, per-task losses, backward into .grad) on the classic MTL network or a larger trunk
 
 
 class _TrainSetup:
@@ -356,7 +345,7 @@ def _train(net: str, level: str, K: int, batch: int, device: torch.device) -> Sc
         step = step_backward if level == "backward" else step_fork
 
         def step_reference(aggregator: GramAggregator) -> None:
-            with python_ops():
+            with reference_only():
                 step(aggregator)
 
         def step_loop() -> None:
@@ -462,7 +451,7 @@ def _heads(K: int, batch: int, in_features: int, device: torch.device) -> Scenar
 
 
 def scenarios(device: torch.device, quick: bool) -> List[Scenario]:
-    """Every scenario for ``device``; ``quick`` keeps the issue's target points and small sizes."""
+    """Every scenario for ``device``; ``quick`` keeps the points the claims are made at, at small sizes."""
     device = torch.device(device)
     out: List[Scenario] = []
     if quick:
@@ -480,8 +469,7 @@ def scenarios(device: torch.device, quick: bool) -> List[Scenario]:
     for cls in gram_aggregators():
         for K in (8,) if quick else (2, 8, 32):
             out.append(_solver(cls, K, device))
-    train = [("origin", 8, 64)] if quick else [("origin", 8, 64), ("origin", 32, 64),
-                                                                   ("large", 8, 64)]
+    train = [("classic", 8, 64)] if quick else [("classic", 8, 64), ("classic", 32, 64), ("large", 8, 64)]
     for net, K, batch in train:
         for level in ("backward", "fork"):
             out.append(_train(net, level, K, batch, device))

@@ -1,4 +1,4 @@
-"""The origin document's multi-task network: a shared conv trunk on 3x28x28 images and K linear heads.
+"""The classic MTL network: a shared conv trunk on 3x28x28 images and K linear heads.
 
 Used by the demo, the benchmarks and the end-to-end tests; also a template for wiring mtl_fast into a model.
 """
@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import List, Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -25,7 +24,7 @@ class ConvTrunk(nn.Sequential):
 
 
 class SharedTrunk(ConvTrunk):
-    """The origin document's trunk: Conv 3->32, ReLU, MaxPool, Conv 32->64, ReLU, MaxPool, Linear 3136->128,
+    """The classic MTL network's trunk: Conv 3->32, ReLU, MaxPool, Conv 32->64, ReLU, MaxPool, Linear 3136->128,
     ReLU (3x28x28 in, 128 out)."""
 
     def __init__(self) -> None:
@@ -44,7 +43,7 @@ class MultiTaskNet(nn.Module):
 
     Args:
         classes_per_task: the number of classes of each task's head (K = its length).
-        trunk: the shared feature extractor (default: the origin document's ``SharedTrunk``).
+        trunk: the shared feature extractor (default: the classic network's ``SharedTrunk``).
     """
 
     def __init__(self, classes_per_task: Sequence[int], trunk: nn.Module = None) -> None:
@@ -62,5 +61,5 @@ class MultiTaskNet(nn.Module):
         return [head(features) for head in self.task_heads]
 
     def losses(self, logits: Sequence[Tensor], targets: Sequence[Tensor]) -> List[Tensor]:
-        """Per-task cross-entropy losses (the origin document trains on their sum)."""
+        """Per-task cross-entropy losses (the classic network trains on their sum)."""
         return [F.cross_entropy(out, y) for out, y in zip(logits, targets)]

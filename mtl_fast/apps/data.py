@@ -1,4 +1,5 @@
-"""Multi-task image data for the demo: an embedded synthetic dataset, and loaders for a user's own data.
+"""Multi-task image data for the demo: an embedded synthetic dataset, two-digit images made from real
+handwriting, and loaders for a user's own data.
 
 The embedded dataset ("shapes") needs no download: 3x28x28 images of one shape each, rendered procedurally from
 a seed with vectorised torch ops (10,000 images in about two seconds on two CPU cores), labelled for six tasks:
@@ -11,15 +12,22 @@ colour         6        red, green, blue, yellow, magenta, cyan (jittered)      
 size           3        small, medium, large (half-extent 3.4-4.2, 5.0-5.8, 6.6-7.4 px)       1/3
 quadrant       4        which quarter of the image holds the shape's centre                   1/4
 orientation    4        where a small hole in the shape points: up, right, down, left         1/4
-parity         2        (colour + quadrant) mod 2                                             1/2
+distance       2        near or far: a near shape is drawn 1.18x larger, a far one 0.85x         1/2
 =============  =======  ====================================================================  ======
 
 The tasks differ in difficulty (colour and quadrant are read off a few pixels; orientation hangs on a hole of one
-or two pixels in the small shapes) and pull the shared trunk different ways: parity is an XOR of two other tasks'
-labels, so the features that make colour and quadrant linearly readable are the wrong ones for it (either alone
-says nothing about parity), and a good parity feature carries no information about either. Backgrounds are random
-grey levels with pixel noise. Every label is uniformly distributed and independent of the others (parity aside),
-so chance is 1 / classes.
+or two pixels in the small shapes). Distance is the conflicting task: the image shows only the product of size
+and distance (how large the shape looks), so a small near shape looks like a medium far one, and a medium near
+one like a large far one. On such an image the two tasks explain the same cue away from each other: the size
+task wants it read as larger exactly when the distance task wants it read as farther, so their gradients point
+against each other, and no trunk can serve both fully. Backgrounds are random grey levels with pixel noise. Every
+label is uniformly distributed and independent of the others, so chance is 1 / classes.
+
+"multidigits" (:func:`make_multidigits`) is a MultiMNIST-style set made from the 1,797 real 8x8 handwritten digits
+that scikit-learn ships (no download): each 3x28x28 image holds two digits, scaled to 16x16 and placed at random
+offsets, the right one overlapping the left one by up to 9 pixels (pixelwise maximum where they overlap). Two
+tasks: the left digit and the right digit (10 classes each). The digits are split before the images are made,
+so no handwritten digit of the validation images appears in a training image.
 
 User data comes in as tensors (:func:`from_tensors`) or an ``.npz`` file (:func:`load_npz`, keys documented
 there) and is checked for shape and label consistency with errors that say what is wrong.
@@ -35,17 +43,21 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["MultiTaskData", "IMAGE_SHAPE", "SHAPES_TASKS", "make_shapes", "from_tensors", "load_npz", "save_npz"]
+__all__ = ["MultiTaskData", "IMAGE_SHAPE", "SHAPES_TASKS", "MULTIDIGITS_TASKS", "make_shapes", "make_multidigits",
+           "from_tensors", "load_npz", "save_npz"]
 
 IMAGE_SHAPE = (3, 28, 28)
-"""What :class:`mtl_fast.models.MultiTaskNet`'s trunk takes, so what every image here is made into."""
+"""What :class:`mtl_fast.apps.models.MultiTaskNet`'s trunk takes, so what every image here is made into."""
 
-SHAPES_TASKS: Dict[str, int] = {"shape": 4, "colour": 6, "size": 3, "quadrant": 4, "orientation": 4, "parity": 2}
+SHAPES_TASKS: Dict[str, int] = {"shape": 4, "colour": 6, "size": 3, "quadrant": 4, "orientation": 4, "distance": 2}
 """The embedded dataset's tasks and their numbers of classes, in label-column order."""
 
 _PALETTE = torch.tensor([[0.90, 0.15, 0.15], [0.15, 0.80, 0.20], [0.20, 0.35, 0.95],
                          [0.92, 0.85, 0.15], [0.85, 0.20, 0.85], [0.15, 0.85, 0.88]])
 _SIZE_RANGES = torch.tensor([[3.4, 4.2], [5.0, 5.8], [6.6, 7.4]])  # half-extent in pixels; gaps keep buckets apart
+# Far and near scale the half-extent by 1/sqrt(1.4) and sqrt(1.4): about the ratio between neighbouring sizes, so
+# that a near shape of one size looks like a far one of the next.
+_DISTANCE_SCALES = torch.tensor([1.4 ** 0.5, 1.4 ** -0.5])
 _ORIENTATION_JITTER = math.radians(30)  # within +-45 degrees of the bucket's centre, so buckets stay separable
 _RENDER_CHUNK = 4096  # images rendered at once: bounds the rendering's memory (about 40 KB per image)
 
@@ -144,14 +156,14 @@ def make_shapes(n: int, seed: int = 0) -> MultiTaskData:
         raise ValueError(f"n: expected a positive int, got {n!r}")
     generator = torch.Generator().manual_seed(seed)
     labels = torch.stack([torch.randint(c, (n,), generator=generator) for c in SHAPES_TASKS.values()], dim=1)
-    labels[:, 5] = (labels[:, 1] + labels[:, 3]) % 2
-    shape, colour, size, quadrant, orientation = labels[:, :5].unbind(1)
+    shape, colour, size, quadrant, orientation, distance = labels.unbind(1)
     size_range = _SIZE_RANGES[size]
     centre_offset = lambda: 3.0 + 4.0 * torch.rand(n, generator=generator)  # noqa: E731 - 3..7 px off the middle
     right, below = (quadrant % 2).float() * 2 - 1, (quadrant // 2).float() * 2 - 1
     attributes = {
         "kind": shape, "colour": colour,
-        "half_extent": size_range[:, 0] + (size_range[:, 1] - size_range[:, 0]) * torch.rand(n, generator=generator),
+        "half_extent": (size_range[:, 0] + (size_range[:, 1] - size_range[:, 0]) * torch.rand(n, generator=generator))
+        * _DISTANCE_SCALES[distance],
         "cx": IMAGE_SHAPE[2] / 2 + right * centre_offset(), "cy": IMAGE_SHAPE[1] / 2 + below * centre_offset(),
         # Orientation k turns local "up" clockwise by k quarter turns (up, right, down, left on screen).
         "angle": orientation.float() * (math.pi / 2)
@@ -162,6 +174,68 @@ def make_shapes(n: int, seed: int = 0) -> MultiTaskData:
         part = {name: value[start: start + _RENDER_CHUNK] for name, value in attributes.items()}
         images[start: start + _RENDER_CHUNK] = (_render(part, generator) * 255).round().to(torch.uint8)
     return MultiTaskData(images, labels, list(SHAPES_TASKS), list(SHAPES_TASKS.values()))
+
+
+MULTIDIGITS_TASKS: Dict[str, int] = {"left": 10, "right": 10}
+"""The two-digit dataset's tasks and their numbers of classes, in label-column order."""
+
+_DIGIT_SIZE = 16  # each 8x8 digit is upscaled to this many pixels a side
+_LEFT_X, _RIGHT_X = (0, 6), (7, 12)  # ranges of the digits' left edges: the overlap is 0 to 9 pixels
+
+
+def _handwritten_digits() -> Tuple[Tensor, Tensor]:
+    """scikit-learn's 1,797 8x8 digits as (N, 16, 16) float images in [0, 1] and (N,) labels."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as error:
+        raise ImportError("the multidigits dataset needs scikit-learn, which is not installed: "
+                          "pip install scikit-learn") from error
+    digits = load_digits()
+    images = torch.from_numpy(digits.images).float().unsqueeze(1) / 16.0
+    images = torch.nn.functional.interpolate(images, size=(_DIGIT_SIZE, _DIGIT_SIZE), mode="bilinear",
+                                             align_corners=False).squeeze(1)
+    return images.clamp(0.0, 1.0), torch.from_numpy(digits.target).long()
+
+
+def _compose(images: Tensor, labels: Tensor, n: int, generator: torch.Generator) -> MultiTaskData:
+    """``n`` two-digit images drawn from the given digits."""
+    _, height, width = IMAGE_SHAPE
+    pick = torch.randint(len(images), (n, 2), generator=generator)
+    flat = images.reshape(len(images), -1)
+    canvas = torch.zeros(n, height, width)
+    for side, (low, high) in enumerate((_LEFT_X, _RIGHT_X)):
+        xs = torch.randint(low, high + 1, (n, 1, 1), generator=generator)
+        ys = torch.randint(0, height - _DIGIT_SIZE + 1, (n, 1, 1), generator=generator)
+        # Each canvas pixel reads the digit pixel under it, or nothing outside the digit's square.
+        rows = torch.arange(height).view(1, height, 1) - ys
+        cols = torch.arange(width).view(1, 1, width) - xs
+        inside = (rows >= 0) & (rows < _DIGIT_SIZE) & (cols >= 0) & (cols < _DIGIT_SIZE)
+        index = (rows.clamp(0, _DIGIT_SIZE - 1) * _DIGIT_SIZE + cols.clamp(0, _DIGIT_SIZE - 1)).reshape(n, -1)
+        placed = flat[pick[:, side]].gather(1, index).view(n, height, width) * inside
+        canvas = torch.maximum(canvas, placed)
+    pixels = (canvas.unsqueeze(1).expand(-1, IMAGE_SHAPE[0], -1, -1) * 255).round().to(torch.uint8)
+    return MultiTaskData(pixels.contiguous(), labels[pick], list(MULTIDIGITS_TASKS),
+                         list(MULTIDIGITS_TASKS.values()))
+
+
+def make_multidigits(train_size: int, val_size: int, seed: int = 0,
+                     val_fraction: float = 0.25) -> Tuple[MultiTaskData, MultiTaskData]:
+    """(train, validation) two-digit images from scikit-learn's handwritten digits (see the module docstring).
+
+    A seeded ``val_fraction`` of the 1,797 digits is held out first, and the validation images are made from
+    those alone. Deterministic for given arguments. Raises ImportError (saying how to install it) without
+    scikit-learn.
+    """
+    for name, value in (("train_size", train_size), ("val_size", val_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    images, labels = _handwritten_digits()
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(images), generator=generator)
+    held_out = int(round(len(images) * val_fraction))
+    train_digits, val_digits = order[held_out:], order[:held_out]
+    return (_compose(images[train_digits], labels[train_digits], train_size, generator),
+            _compose(images[val_digits], labels[val_digits], val_size, generator))
 
 
 def _as_tensor(value, name: str) -> Tensor:
@@ -186,7 +260,7 @@ def _images_to_nchw(images: Tensor, name: str) -> Tensor:
         images = images.permute(0, 3, 1, 2)
     elif not (images.dim() == 4 and shape[2:] == (height, width) and shape[1] in (1, channels)):
         raise ValueError(f"{name}: expected (N, 3, 28, 28) images (or N x 28 x 28 x 3, 1-channel or greyscale "
-                         f"N x 28 x 28; the origin network takes 3x28x28: resize first, e.g. with "
+                         f"N x 28 x 28; the classic MTL network takes 3x28x28: resize first, e.g. with "
                          f"torch.nn.functional.interpolate), got shape {shape}")
     if images.shape[0] == 0:
         raise ValueError(f"{name}: expected at least one image, got none")

@@ -1,9 +1,12 @@
-"""The embedded dataset and the loaders for a user's own data (mtl_fast.data)."""
+"""The embedded dataset and the loaders for a user's own data (mtl_fast.apps.data)."""
+import sys
+
 import numpy as np
 import pytest
 import torch
 
-from mtl_fast.data import IMAGE_SHAPE, SHAPES_TASKS, MultiTaskData, from_tensors, load_npz, make_shapes, save_npz
+from mtl_fast.apps.data import (IMAGE_SHAPE, MULTIDIGITS_TASKS, SHAPES_TASKS, MultiTaskData, from_tensors, load_npz,
+                                make_multidigits, make_shapes, save_npz)
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +27,20 @@ def test_shapes_every_class_of_every_task_present(shapes):
         assert (counts > 0).all(), f"task {shapes.task_names[k]} misses a class: {counts.tolist()}"
 
 
-def test_shapes_parity_is_colour_xor_quadrant(shapes):
-    names = shapes.task_names
-    colour, quadrant, parity = (shapes.labels[:, names.index(t)] for t in ("colour", "quadrant", "parity"))
-    assert torch.equal(parity, (colour + quadrant) % 2)
+def test_shapes_distance_scales_the_drawn_size(monkeypatch):
+    """A near shape is drawn about as large as a far one of the next size: the image shows only the product."""
+    from mtl_fast.apps import data
+    drawn = []
+    render = data._render
+    monkeypatch.setattr(data, "_render", lambda attributes, g: drawn.append(attributes) or render(attributes, g))
+    shapes = make_shapes(600, seed=2)
+    extent = torch.cat([a["half_extent"] for a in drawn])
+    size, distance = shapes.labels[:, 2], shapes.labels[:, 5]
+    mean = {(s, d): float(extent[(size == s) & (distance == d)].mean()) for s in range(3) for d in range(2)}
+    for s in range(3):
+        assert mean[(s, 0)] / mean[(s, 1)] == pytest.approx(1.4, rel=0.02)  # near / far
+    for s in range(2):  # near of one size against far of the next
+        assert mean[(s, 0)] == pytest.approx(mean[(s + 1, 1)], rel=0.12)
 
 
 def test_shapes_chance_is_about_one_over_classes(shapes):
@@ -152,3 +165,56 @@ def test_npz_missing_or_unreadable(tmp_path):
     (tmp_path / "text.npz").write_text("not numpy")
     with pytest.raises(ValueError, match="not a readable .npz"):
         load_npz(tmp_path / "text.npz")
+
+
+@pytest.fixture(scope="module")
+def multidigits():
+    pytest.importorskip("sklearn")
+    return make_multidigits(300, 100, seed=3)
+
+
+def test_multidigits_layout(multidigits):
+    train, val = multidigits
+    for split, n in ((train, 300), (val, 100)):
+        assert split.images.shape == (n, *IMAGE_SHAPE) and split.images.dtype == torch.uint8
+        assert split.labels.shape == (n, 2) and split.task_names == list(MULTIDIGITS_TASKS)
+        assert split.num_classes == [10, 10] and 0 <= int(split.labels.min()) and int(split.labels.max()) <= 9
+        assert torch.equal(split.images[:, 0], split.images[:, 2])  # grey, repeated over the 3 channels
+    # Both digits leave ink on their own half: the left one's square starts in columns 0-6, the right one's in 7-12.
+    ink = train.images[:, 0].amax(dim=1) > 64  # (N, 28): columns with a bright pixel
+    assert ink[:, :14].any(dim=1).all() and ink[:, 14:].any(dim=1).all()
+    assert len(set(map(tuple, train.labels.tolist()))) > 50  # many digit pairs
+
+
+def test_multidigits_is_deterministic_and_holds_digits_out(multidigits):
+    train, val = multidigits
+    again_train, again_val = make_multidigits(300, 100, seed=3)
+    assert torch.equal(train.images, again_train.images) and torch.equal(val.labels, again_val.labels)
+    other, _ = make_multidigits(300, 100, seed=4)
+    assert not torch.equal(train.images, other.images)
+
+
+def test_multidigits_validation_images_use_only_held_out_digits(monkeypatch):
+    pytest.importorskip("sklearn")
+    from mtl_fast.apps import data
+    sources = []
+    compose = data._compose
+    monkeypatch.setattr(data, "_compose", lambda images, labels, n, g: sources.append(images) or
+                        compose(images, labels, n, g))
+    make_multidigits(20, 20, seed=0)
+    train_digits, val_digits = (s.reshape(len(s), -1) for s in sources)
+    assert len(train_digits) + len(val_digits) == 1797 and len(val_digits) == round(1797 * 0.25)
+    # No held-out digit is one of the training digits (a few of the 8x8 images are exact duplicates).
+    shared = (torch.cdist(val_digits, train_digits) == 0).any(dim=1).sum()
+    assert shared <= 5
+
+
+def test_multidigits_without_sklearn_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    with pytest.raises(ImportError, match="pip install scikit-learn"):
+        make_multidigits(10, 10)
+
+
+def test_multidigits_bad_sizes():
+    with pytest.raises(ValueError, match="train_size"):
+        make_multidigits(0, 10)

@@ -1,4 +1,4 @@
-"""The benchmark harness (mtl_fast.bench): its correctness checks accept every real method and reject a
+"""The benchmark harness (mtl_fast.apps.bench): its correctness checks accept every real method and reject a
 wrong one, and ``mtl-fast bench --quick`` writes the documented JSON. No timing is asserted."""
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import mtl_fast
-from mtl_fast.bench import main
-from mtl_fast.bench import scenarios as sc
-from mtl_fast.bench.runner import Settings, check_method, run_scenario
+from mtl_fast.apps.bench import main
+from mtl_fast.apps.bench import scenarios as sc
+from mtl_fast.apps.bench.runner import Settings, check_method, run_scenario
 
 CPU = torch.device("cpu")
 TINY = Settings(budget_s=0.01, min_reps=2, max_reps=4, rounds=2)
@@ -22,8 +22,8 @@ TINY = Settings(budget_s=0.01, min_reps=2, max_reps=4, rounds=2)
     sc._aggregate(4, 999, torch.float64, CPU),
     sc._aggregate(3, 512, torch.bfloat16, CPU),
     *[sc._solver(cls, 5, CPU) for cls in sc.gram_aggregators()],
-    sc._train("origin", "backward", 4, 3, CPU),
-    sc._train("origin", "fork", 4, 3, CPU),
+    sc._train("classic", "backward", 4, 3, CPU),
+    sc._train("classic", "fork", 4, 3, CPU),
 ], ids=lambda s: s.name)
 def test_every_method_passes_its_check(scenario: sc.Scenario) -> None:
     built = scenario.build()
@@ -97,7 +97,7 @@ def test_quick_json_schema(tmp_path, capsys) -> None:
 def test_list_and_bad_usage(capsys) -> None:
     assert main(["--quick", "--list"]) == 0
     names = capsys.readouterr().out.split()
-    assert "aggregate/pcgrad/K8-P100000-float32" in names and "train/origin/backward/K8-B64" in names
+    assert "aggregate/pcgrad/K8-P100000-float32" in names and "train/classic/backward/K8-B64" in names
     assert main(["--quick", "--scenario", "no-such-scenario"]) == 2
     assert main(["--threads", "0", "--list"]) == 2
 
@@ -111,3 +111,27 @@ def test_plot_or_a_clear_message(tmp_path, capsys) -> None:
         return
     assert main(["--quick", "--scenario", "solver/PCGrad", "--plot", str(tmp_path / "x.png")]) == 0
     assert (tmp_path / "x.png").stat().st_size > 0
+
+
+def test_claims_pass_or_fail_and_the_legend(capsys) -> None:
+    """Claims are statements with PASS / FAIL (or 'measured' without a bound); the legend explains the columns."""
+    from mtl_fast.apps.bench import report
+
+    def row(scenario: str, method: str, median: float) -> dict:
+        return {"scenario": scenario, "method": method, "median_s": median, "q1_s": median, "q3_s": median}
+
+    results = [row("aggregate/pcgrad/K8-P100000-float32", "torchjd", 6.0),
+               row("aggregate/pcgrad/K8-P100000-float32", "mtl_fast", 1.0),
+               row("aggregate/pcgrad/K32-P100000-float32", "torchjd", 4.0),
+               row("aggregate/pcgrad/K32-P100000-float32", "mtl_fast", 1.0),
+               row("train/classic/backward/K8-B64", "per_task_loop", 1.2),
+               row("train/classic/backward/K8-B64", "mtl_fast", 1.0)]
+    claims = report.claim_results(results)
+    assert [c["passed"] for c in claims if c["bound"]] == [True, False]
+    text = report.format_claims(claims)
+    assert "PASS     mtl_fast aggregates with PCGrad at least 5x faster than TorchJD" in text
+    assert "FAIL     mtl_fast aggregates with PCGrad at least 8x faster" in text and "measured" in text
+    assert "issue" not in text.lower()
+    assert main(["--quick", "--scenario", "solver/PCGrad"]) == 0
+    out = capsys.readouterr().out
+    assert "mtl_fast x: this method's median time / mtl_fast's" in out

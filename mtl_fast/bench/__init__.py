@@ -1,8 +1,0 @@
-"""The benchmark harness behind ``mtl-fast bench``: mtl_fast against its reference, the per-task loop and
-TorchJD, every method checked against the oracle before it is timed (shared/DESIGN.md section 7).
-
-The scenarios (:mod:`mtl_fast.bench.scenarios`) also drive the pytest-benchmark suite in benchmarks/.
-"""
-from .cli import main
-
-__all__ = ["main"]
