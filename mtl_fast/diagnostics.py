@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, TextIO, Union
 import torch
 from torch import Tensor
 
-from .aggregators import GramAggregator
+from . import GramAggregator
 
 __all__ = ["gradient_norms", "cosine_matrix", "conflicting_pairs", "directional_derivatives", "summary",
            "Diagnostics", "Recorder", "Monitor"]
@@ -202,7 +202,7 @@ class Recorder(GramAggregator):
         aggregator: the Gram-based aggregator whose weights are applied (e.g. ``mf.UPGrad()``).
         monitor: optional :class:`Monitor` that each step's diagnostics are also handed to.
     Attributes:
-        aggregator: the wrapped aggregator (its state, e.g. ``state_dict()``, lives there).
+        aggregator: the wrapped aggregator (``state_dict()``, ``load_state_dict()`` and ``reset()`` are its).
         last: the last step's :class:`Diagnostics` (None before the first).
         steps: how many times the weights were computed.
     """
@@ -214,6 +214,7 @@ class Recorder(GramAggregator):
                             "through their Gram matrix")
         if monitor is not None and not isinstance(monitor, Monitor):
             raise TypeError(f"monitor: expected an mtl_fast.diagnostics.Monitor, got {type(monitor).__name__}")
+        super().__init__()
         self.aggregator = aggregator
         self.monitor = monitor
         self.last: Optional[Diagnostics] = None
@@ -227,6 +228,18 @@ class Recorder(GramAggregator):
         if self.monitor is not None:
             self.monitor.update(self.last)
         return w
+
+    def state_dict(self) -> Dict[str, object]:
+        """The wrapped aggregator's state, so that a checkpoint does not depend on the wrapping."""
+        return self.aggregator.state_dict()
+
+    def load_state_dict(self, state: Dict[str, object]) -> None:
+        """Restores the wrapped aggregator's state."""
+        self.aggregator.load_state_dict(state)
+
+    def reset(self) -> None:
+        """Resets the wrapped aggregator; the diagnostics recorded so far stay."""
+        self.aggregator.reset()
 
     def __repr__(self) -> str:
         return f"Recorder({self.aggregator!r})"

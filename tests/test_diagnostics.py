@@ -219,6 +219,19 @@ def test_recorder_rejects_non_gram_aggregators():
         diagnostics.Recorder(mf.Sum(), monitor="log.csv")
 
 
+def test_recorder_state_is_the_wrapped_aggregators():
+    gradvac = mf.GradVac(seed=0)
+    recorder = diagnostics.Recorder(gradvac)
+    J = torch.tensor([[1.0, 0.0], [-1.0, 1.0]], dtype=torch.float64)
+    recorder.weights(J @ J.T)
+    state = recorder.state_dict()
+    assert torch.equal(state["phi_hat"], gradvac.state_dict()["phi_hat"])
+    recorder.reset()
+    assert gradvac.phi_hat is None
+    recorder.load_state_dict(state)
+    assert torch.equal(gradvac.phi_hat, state["phi_hat"])
+
+
 def test_recorder_keeps_a_skipped_step_out_of_the_means():
     recorder = diagnostics.Recorder(mf.UPGrad())
     monitor = diagnostics.Monitor(every=2)
