@@ -30,13 +30,16 @@ finished() { echo "      $1 ($((SECONDS - step_started)) s)"; }
 fail() { echo "install.sh: $1. The end of $log:" >&2; tail -n 40 "$log" >&2; exit 1; }
 
 step 1/4 "torch"
-if torch_version=$("$PY" -c "import torch; print(torch.__version__)" 2>/dev/null); then
+torch_info() { "$PY" -c "import os, sys, torch; print(torch.__version__, sys.prefix, os.path.dirname(torch.__file__))"; }
+if info=$(torch_info 2> /dev/null); then
+  torch_version=${info%% *}
   finished "torch $torch_version is installed: kept as it is"
 else
   spec=${MTL_FAST_TORCH_SPEC:-torch==2.13.0}
   echo "      none is installed: pip install $spec"
   "$PY" -m pip install "$spec" || fail "installing $spec failed"  # pip's own progress, on the terminal
-  torch_version=$("$PY" -c "import torch; print(torch.__version__)")
+  info=$(torch_info)
+  torch_version=${info%% *}
   finished "torch $torch_version installed"
 fi
 # Every later pip call is held to this torch, so no dependency can replace it.
@@ -50,9 +53,9 @@ finished "setuptools, wheel, ninja, pybind11, numpy, tqdm"
 
 extras=demo
 [ $# -gt 0 ] && extras="demo,$1"
-# What the extension was built for: the environment, its torch, and the switches setup.py reads.
-build_key=$("$PY" -c "import os, sys, torch; print(sys.prefix, os.path.dirname(torch.__file__), torch.__version__)")
-build_key="$build_key|${MTL_FAST_NO_EXTENSION:-}|${MTL_FAST_FORCE_CUDA:-}|${TORCH_CUDA_ARCH_LIST:-}|${CUDA_HOME:-}"
+# What the extension was built for: the torch (its version, environment and location), and the switches setup.py
+# reads.
+build_key="$info|${MTL_FAST_NO_EXTENSION:-}|${MTL_FAST_FORCE_CUDA:-}|${TORCH_CUDA_ARCH_LIST:-}|${CUDA_HOME:-}"
 
 up_to_date() {
   [ -z "${MTL_FAST_REBUILD:-}" ] && [ -f "$stamp" ] || return 1
@@ -63,12 +66,16 @@ up_to_date() {
     case ",$installed_extras," in *",$extra,"*) ;; *) return 1 ;; esac
   done
   [ -z "$(find csrc setup.py pyproject.toml -newer "$stamp" -print -quit)" ] || return 1
-  # and this Python imports this checkout's package with its compiled extension (from outside the checkout)
-  (cd / && "$PY" -c "
-import os, sys, mtl_fast
-sys.exit(os.path.realpath(os.path.dirname(mtl_fast.__file__)) != os.path.join(sys.argv[1], 'mtl_fast'))" "$root") \
-    2> /dev/null || return 1
-  [ -n "${MTL_FAST_NO_EXTENSION:-}" ] || (cd / && "$PY" -c "import mtl_fast._C" 2> /dev/null)
+  # and this Python imports this checkout's package, with its compiled extension unless it was built without
+  (cd / && "$PY" - "$root" << 'EOF'
+import os, sys
+import mtl_fast
+if os.path.realpath(os.path.dirname(mtl_fast.__file__)) != os.path.join(sys.argv[1], "mtl_fast"):
+    sys.exit(1)
+if os.environ.get("MTL_FAST_NO_EXTENSION", "").strip().lower() not in ("1", "true", "yes", "on"):
+    import mtl_fast._C
+EOF
+  ) > /dev/null 2>&1
 }
 
 step 3/4 "mtl_fast[$extras]"
