@@ -183,11 +183,10 @@ def summary(G: Tensor, w: Tensor) -> Diagnostics:
         G: the (K, K) Gram matrix of the task gradients.
         w: the (K,) weights of the update.
     """
-    with torch.no_grad():
-        norms = gradient_norms(G)
-        cosines = _cosines(_checked_gram(G), norms)
-        return Diagnostics(norms=norms, cosines=cosines, conflicts=_conflicts(cosines),
-                           weights=_checked_weights(w, G), directional=directional_derivatives(G, w))
+    norms = gradient_norms(G)
+    cosines = _cosines(_checked_gram(G), norms)
+    return Diagnostics(norms=norms, cosines=cosines, conflicts=_conflicts(cosines), weights=_checked_weights(w, G),
+                       directional=directional_derivatives(G, w))
 
 
 class Recorder(GramAggregator):
