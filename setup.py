@@ -9,6 +9,7 @@ toolkit is present (no visible GPU needed). Environment switches:
 """
 import glob
 import os
+import sys
 
 from setuptools import setup
 
@@ -45,7 +46,18 @@ def _extensions():
         ext = cpp_extension.CppExtension(
             "mtl_fast._C", sources, include_dirs=[os.path.join(here, "csrc")], extra_compile_args=extra,
             extra_link_args=link)
-    return [ext], {"build_ext": cpp_extension.BuildExtension}
+
+    class BuildExtension(cpp_extension.BuildExtension):
+        """Compiles into a fixed folder under build/, one per Python and torch: pip's editable install hands
+        the build a new temporary folder each time, where ninja would find no earlier objects and recompile
+        every source."""
+
+        def finalize_options(self):
+            super().finalize_options()
+            python = f"cp{sys.version_info.major}{sys.version_info.minor}"
+            self.build_temp = os.path.join(here, "build", f"temp-{python}-torch-{torch.__version__}")
+
+    return [ext], {"build_ext": BuildExtension}
 
 
 ext_modules, cmdclass = _extensions()

@@ -183,11 +183,10 @@ def summary(G: Tensor, w: Tensor) -> Diagnostics:
         G: the (K, K) Gram matrix of the task gradients.
         w: the (K,) weights of the update.
     """
-    with torch.no_grad():
-        norms = gradient_norms(G)
-        cosines = _cosines(_checked_gram(G), norms)
-        return Diagnostics(norms=norms, cosines=cosines, conflicts=_conflicts(cosines),
-                           weights=_checked_weights(w, G), directional=directional_derivatives(G, w))
+    norms = gradient_norms(G)
+    cosines = _cosines(_checked_gram(G), norms)
+    return Diagnostics(norms=norms, cosines=cosines, conflicts=_conflicts(cosines), weights=_checked_weights(w, G),
+                       directional=directional_derivatives(G, w))
 
 
 class Recorder(GramAggregator):
@@ -202,7 +201,7 @@ class Recorder(GramAggregator):
         aggregator: the Gram-based aggregator whose weights are applied (e.g. ``mf.UPGrad()``).
         monitor: optional :class:`Monitor` that each step's diagnostics are also handed to.
     Attributes:
-        aggregator: the wrapped aggregator (its state, e.g. ``state_dict()``, lives there).
+        aggregator: the wrapped aggregator (``state_dict()``, ``load_state_dict()`` and ``reset()`` are its).
         last: the last step's :class:`Diagnostics` (None before the first).
         steps: how many times the weights were computed.
     """
@@ -214,6 +213,7 @@ class Recorder(GramAggregator):
                             "through their Gram matrix")
         if monitor is not None and not isinstance(monitor, Monitor):
             raise TypeError(f"monitor: expected an mtl_fast.diagnostics.Monitor, got {type(monitor).__name__}")
+        super().__init__()
         self.aggregator = aggregator
         self.monitor = monitor
         self.last: Optional[Diagnostics] = None
@@ -227,6 +227,18 @@ class Recorder(GramAggregator):
         if self.monitor is not None:
             self.monitor.update(self.last)
         return w
+
+    def state_dict(self) -> Dict[str, object]:
+        """The wrapped aggregator's state, so that a checkpoint does not depend on the wrapping."""
+        return self.aggregator.state_dict()
+
+    def load_state_dict(self, state: Dict[str, object]) -> None:
+        """Restores the wrapped aggregator's state."""
+        self.aggregator.load_state_dict(state)
+
+    def reset(self) -> None:
+        """Resets the wrapped aggregator; the diagnostics recorded so far stay."""
+        self.aggregator.reset()
 
     def __repr__(self) -> str:
         return f"Recorder({self.aggregator!r})"

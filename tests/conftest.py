@@ -25,3 +25,20 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def small_multitask_net():
+    """make(K, batch, dtype) -> (net, x, ys): the classic MultiTaskNet (shared trunk + K linear heads) on a tiny
+    MLP trunk, with a batch of 3x2x2 inputs and 4-class targets."""
+    from mtl_fast.models import MultiTaskNet
+    from torch import nn
+
+    def make(K: int = 3, batch: int = 6, dtype: torch.dtype = torch.float64):
+        trunk = nn.Sequential(nn.Flatten(), nn.Linear(12, 5), nn.Tanh())
+        trunk.out_features = 5
+        net = MultiTaskNet([4] * K, trunk=trunk).to(dtype)
+        x = torch.randn(batch, 3, 2, 2, dtype=dtype)
+        ys = [torch.randint(0, 4, (batch,)) for _ in range(K)]
+        return net, x, ys
+    return make

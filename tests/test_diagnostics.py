@@ -15,21 +15,6 @@ from mtl_fast import diagnostics
 NAN = float("nan")
 
 
-@pytest.fixture
-def small_net():
-    """A MultiTaskNet (the classic shared trunk + K linear heads) on a tiny MLP trunk, and a batch."""
-    from mtl_fast.models import MultiTaskNet
-
-    def make(K: int = 3, batch: int = 6):
-        trunk = nn.Sequential(nn.Flatten(), nn.Linear(12, 5), nn.Tanh())
-        trunk.out_features = 5
-        net = MultiTaskNet([4] * K, trunk=trunk).double()
-        x = torch.randn(batch, 3, 2, 2, dtype=torch.float64)
-        ys = [torch.randint(0, 4, (batch,)) for _ in range(K)]
-        return net, x, ys
-    return make
-
-
 def cosines_from_J(J: torch.Tensor) -> torch.Tensor:
     """cos(g_i, g_j) straight from the rows of J, 0 where a row is zero."""
     J = J.double()
@@ -197,8 +182,8 @@ def per_task_trunk_J(net, x, ys):
 
 @pytest.mark.parametrize("aggregator", [mf.UPGrad(), mf.MGDA(), mf.PCGrad(seed=0), mf.Sum(), mf.Weighted([1, 2, 3])],
                          ids=repr)
-def test_recorder_with_backward(small_net, aggregator):
-    net, x, ys = small_net()
+def test_recorder_with_backward(small_multitask_net, aggregator):
+    net, x, ys = small_multitask_net()
     J = per_task_trunk_J(net, x, ys)
     recorder = diagnostics.Recorder(aggregator)
     w = mf.backward(net.losses(net(x), ys), net.trunk.parameters(), aggregator=recorder)
@@ -212,8 +197,8 @@ def test_recorder_with_backward(small_net, aggregator):
     assert torch.allclose(last.directional, J @ update, atol=1e-12)
 
 
-def test_recorder_with_fork(small_net):
-    net, x, ys = small_net()
+def test_recorder_with_fork(small_multitask_net):
+    net, x, ys = small_multitask_net()
     features = net.trunk(x)
     J = torch.stack([torch.autograd.grad(nn.functional.cross_entropy(head(features), y), features,
                                          retain_graph=True)[0].reshape(-1) for head, y in zip(net.task_heads, ys)])
@@ -232,6 +217,19 @@ def test_recorder_rejects_non_gram_aggregators():
         diagnostics.Recorder(mf.GradDrop())
     with pytest.raises(TypeError, match="monitor: "):
         diagnostics.Recorder(mf.Sum(), monitor="log.csv")
+
+
+def test_recorder_state_is_the_wrapped_aggregators():
+    gradvac = mf.GradVac(seed=0)
+    recorder = diagnostics.Recorder(gradvac)
+    J = torch.tensor([[1.0, 0.0], [-1.0, 1.0]], dtype=torch.float64)
+    recorder.weights(J @ J.T)
+    state = recorder.state_dict()
+    assert torch.equal(state["phi_hat"], gradvac.state_dict()["phi_hat"])
+    recorder.reset()
+    assert gradvac.phi_hat is None
+    recorder.load_state_dict(state)
+    assert torch.equal(gradvac.phi_hat, state["phi_hat"])
 
 
 def test_recorder_keeps_a_skipped_step_out_of_the_means():
