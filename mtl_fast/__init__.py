@@ -10,7 +10,6 @@ from .aggregation import (MGDA, IMTLG, AlignedMTL, Aggregator, CAGrad, DualProj,
 from .backward import backward
 from .fork import fork
 from .functional import aggregate, combine, gram
-from . import diagnostics  # last: it builds on the public GramAggregator above
 
 __version__ = "0.1.0"
 
