@@ -31,7 +31,7 @@ def _seed():
 def small_multitask_net():
     """make(K, batch, dtype) -> (net, x, ys): the classic MultiTaskNet (shared trunk + K linear heads) on a tiny
     MLP trunk, with a batch of 3x2x2 inputs and 4-class targets."""
-    from mtl_fast.models import MultiTaskNet
+    from mtl_fast.apps.models import MultiTaskNet
     from torch import nn
 
     def make(K: int = 3, batch: int = 6, dtype: torch.dtype = torch.float64):

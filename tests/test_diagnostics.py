@@ -227,9 +227,9 @@ def test_recorder_state_is_the_wrapped_aggregators():
     state = recorder.state_dict()
     assert torch.equal(state["phi_hat"], gradvac.state_dict()["phi_hat"])
     recorder.reset()
-    assert gradvac.phi_hat is None
+    assert gradvac.weighting.phi_hat is None
     recorder.load_state_dict(state)
-    assert torch.equal(gradvac.phi_hat, state["phi_hat"])
+    assert torch.equal(gradvac.weighting.phi_hat, state["phi_hat"])
 
 
 def test_recorder_keeps_a_skipped_step_out_of_the_means():

@@ -114,8 +114,10 @@ def state_of(objects):
     states = [copy.deepcopy(o.state_dict()) for o in objects]
     for state in states:
         # Nash-MTL counts its calls (for update_weights_every) and counts the skipped one too; what it computed
-        # is in last_beta
+        # is in last_beta. GradVac drew that step's visiting orders before G was known to be bad: its random
+        # stream moves on, its targets do not.
         state.pop("step", None)
+        state.pop("generators", None)
     return states
 
 

@@ -187,11 +187,14 @@ def gram_aggregators() -> List[type]:
 def _nash_update(aggregator: GramAggregator, J: Tensor, G: Tensor, orders: Optional[Tensor]) -> Tensor:
     beta = reference.nash_mtl(G)
     norm = float((beta @ G @ beta).sqrt())
-    return min(1.0, aggregator.max_norm / norm) * beta @ J if aggregator.max_norm > 0 else beta @ J
+    max_norm = aggregator.weighting.max_norm
+    return min(1.0, max_norm / norm) * beta @ J if max_norm > 0 else beta @ J
 
 
 def _preference(aggregator: GramAggregator, J: Tensor) -> Tensor:
-    return aggregator.preference(J.shape[0], J.device)
+    pref = aggregator.weighting.pref_vector
+    K = J.shape[0]
+    return torch.full((K,), 1.0 / K, dtype=torch.float64) if pref is None else pref
 
 
 # The oracle's update d = J^T w for an aggregator (default hyperparameters, pinned orders), from
@@ -201,10 +204,10 @@ _SOLVER_ORACLES: Dict[str, Callable[[GramAggregator, Tensor, Tensor, Tensor], Te
     "MGDA": lambda a, J, G, orders: reference.mgda(G) @ J,
     "DualProj": lambda a, J, G, orders: reference.dualproj(G, _preference(a, J)) @ J,
     "UPGrad": lambda a, J, G, orders: reference.upgrad(G, _preference(a, J)) @ J,
-    "CAGrad": lambda a, J, G, orders: reference.cagrad(J, a.c),
+    "CAGrad": lambda a, J, G, orders: reference.cagrad(J, a.weighting.c),
     "IMTLG": lambda a, J, G, orders: reference.imtlg(J),
-    "GradVac": lambda a, J, G, orders: reference.gradvac(J, orders, torch.zeros(len(J), len(J)), a.beta),
-    "AlignedMTL": lambda a, J, G, orders: reference.aligned_mtl(J, _preference(a, J), a.scale_mode),
+    "GradVac": lambda a, J, G, orders: reference.gradvac(J, orders, torch.zeros(len(J), len(J)), a.weighting.beta),
+    "AlignedMTL": lambda a, J, G, orders: reference.aligned_mtl(J, _preference(a, J), a.weighting.scale_mode),
     "NashMTL": _nash_update,
 }
 # Oracles that enumerate every active set: exact, but only affordable for small K.
@@ -258,8 +261,14 @@ def _solver(cls: type, K: int, device: torch.device) -> Scenario:
         if "reference" in names:
             methods.append(Method("reference", lambda: reference.pcgrad_weights(G, orders),
                                   checked(lambda: reference.pcgrad_weights(G, orders), orders)))
+        peer = None
         if peer_cls:
-            peer = peer_cls(**_matching_kwargs(peer_cls, aggregator))
+            try:  # (on a throwaway instance: TorchJD's stateful weightings count their calls)
+                peer_cls(**_matching_kwargs(peer_cls, aggregator.weighting))(G)
+                peer = peer_cls(**_matching_kwargs(peer_cls, aggregator.weighting))
+            except ImportError:  # a TorchJD installed without the optional solver this method needs
+                pass
+        if peer is not None:
             peer_orders = torchjd_pcgrad_orders(K, SEED).to(device) if takes_orders else None
             # TorchJD's iterative solvers stop at their own tolerances (MGDA's Frank-Wolfe at epsilon=1e-3, the
             # dual-cone QPs with a 1e-4 regularisation): the same method, solved less tightly.
