@@ -15,39 +15,16 @@ the Gram matrix (``weights(losses, G)``, or as an aggregator through ``GradNorm.
 from __future__ import annotations
 
 import copy
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_gram, check_number
+from ._checks import Losses, check_gram, check_number
+from ._checks import stack_losses as _stack_losses
 from .aggregation import GramAggregator
 
 __all__ = ["LossWeighting", "DWA", "UncertaintyWeighting", "GradNorm", "FAMO", "RLW"]
-
-Losses = Union[Tensor, Sequence[Tensor]]
-
-
-def _stack_losses(losses: Losses, num_tasks: Optional[int] = None) -> Tensor:
-    """The K scalar losses as a (K,) tensor (still attached to the graph)."""
-    if isinstance(losses, Tensor):
-        if losses.dim() != 1:
-            raise ValueError(f"losses: expected K scalar losses or a 1-D tensor, got shape {tuple(losses.shape)}")
-        stacked = losses
-    elif isinstance(losses, (list, tuple)) and losses:
-        for k, loss in enumerate(losses):
-            if not isinstance(loss, Tensor) or loss.numel() != 1:
-                raise ValueError(f"losses[{k}]: expected a scalar Tensor, got "
-                                 f"{tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__}")
-        stacked = torch.stack([loss.reshape(()) for loss in losses])
-    else:
-        raise TypeError(f"losses: expected a non-empty sequence of scalar tensors, got {type(losses).__name__}")
-    if not stacked.dtype.is_floating_point:
-        raise TypeError(f"losses: expected a floating dtype, got {stacked.dtype}")
-    if num_tasks is not None and stacked.numel() != num_tasks:
-        raise ValueError(f"losses: expected {num_tasks} losses (num_tasks), got {stacked.numel()}")
-    return stacked
-
 
 class LossWeighting:
     """Base class: a rule giving per-task loss weights, step after step."""

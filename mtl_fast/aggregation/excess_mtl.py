@@ -1,0 +1,104 @@
+"""ExcessMTL (He et al. 2024): task weights from excess-risk estimates with per-coordinate gradient statistics.
+Not Gram-based: it needs every coordinate of every task gradient, and keeps K x P state."""
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import torch
+from torch import Tensor
+
+from .. import _ops
+from .._checks import check_number
+from .._nonfinite import nan_unless
+from ._jacobian_state import all_finite, check_state_shapes, keep_where, state_dtype
+from .bases import Aggregator
+
+__all__ = ["ExcessMTL"]
+
+#: Added to the accumulated squared gradients under the square root (the official code's and TorchJD's).
+EXCESS_EPS = 1e-7
+
+
+class ExcessMTL(Aggregator):
+    """ExcessMTL, "Robust Multi-Task Learning with Excess Risks" (He et al., ICML 2024), Algorithm 1.
+
+    Each step adds the squared task gradients to S (K x P, AdaGrad's diagonal curvature estimate) and estimates
+    task k's excess risk as E_k = sum_p g_kp^2 / sqrt(S_kp + 1e-7) (equations 6-7); after ``n_warmup_steps``
+    steps of uniform weights, the mean E over the warm-up (or the first step's E when there is none) becomes the
+    baseline E0, and from then on the weights take an exponentiated-gradient step,
+    alpha <- softmax(log alpha + robust_step_size E / E0) (equation 9 with the scale processing of section 3.2),
+    from alpha = 1/K. The update is sum_k alpha_k g_k. A task whose baseline is 0 gets ratio 0.
+
+    Not Gram-based: E needs every coordinate of the gradients, so it is an :class:`Aggregator` on J; the Gram
+    engine cannot run it (it never forms J), and it is not for :func:`mtl_fast.fork`
+    (``representation_level_ok`` is False): S on feature gradients would pile up different samples' features.
+    :func:`mtl_fast.backward` returns None for it (no weights on the Gram path).
+
+    Deviations: the first step after warm-up divides by the baseline too (the paper's scale processing), where
+    the official code and TorchJD 0.18 use the raw E on that one step; with n_warmup_steps >= 1 the two agree.
+    E / E0 where TorchJD divides by E0 + 1e-7 (scale-dependent). alpha starts at 1/K as in the paper and TorchJD
+    (the official code and LibMTL start at 1). A step with a NaN or infinite gradient leaves every statistic
+    as it was (the step counter excepted).
+
+    Args:
+        robust_step_size: eta_alpha, > 0 (default 1, as TorchJD).
+        n_warmup_steps: steps of uniform weights collecting E for the baseline, >= 0 (the paper suggests three
+            epochs' worth; default 0, the official code's).
+    State: S (as J's chunks), alpha, E0, the warm-up sum and the step count (``state_dict()`` /
+    ``load_state_dict()``, ``reset()``).
+    """
+
+    representation_level_ok = False
+
+    def __init__(self, robust_step_size: float = 1.0, n_warmup_steps: int = 0) -> None:
+        self.robust_step_size = float(check_number(robust_step_size, "robust_step_size", low=0.0, low_open=True))
+        self.n_warmup_steps = check_number(n_warmup_steps, "n_warmup_steps", low=0, integer=True)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forgets every statistic: the next step starts from uniform weights and warms up again."""
+        self.squared_sums: Optional[List[Tensor]] = None
+        self.alpha: Optional[Tensor] = None
+        self.baseline: Optional[Tensor] = None
+        self.warmup_sum: Optional[Tensor] = None
+        self.steps = 0
+
+    def aggregate_chunks(self, chunks: List[Tensor]) -> List[Tensor]:
+        K, device = chunks[0].shape[0], chunks[0].device
+        if not check_state_shapes(self.squared_sums, chunks, "ExcessMTL"):
+            self.squared_sums = [torch.zeros(c.shape, dtype=state_dtype(c), device=device) for c in chunks]
+            self.alpha = torch.full((K,), 1.0 / K, dtype=torch.float64, device=device)
+            self.baseline, self.warmup_sum, self.steps = None, torch.zeros_like(self.alpha), 0
+        finite = all_finite(chunks)
+        squares = [c.to(state_dtype(c)) ** 2 for c in chunks]
+        sums = keep_where(finite, [s + q for s, q in zip(self.squared_sums, squares)], self.squared_sums)
+        self.squared_sums = sums
+        excess = sum((q / (s + EXCESS_EPS).sqrt()).reshape(K, -1).double().sum(1) for q, s in zip(squares, sums))
+        excess = torch.where(finite, excess, 0.0)
+        self.steps += 1
+        if self.steps <= self.n_warmup_steps:
+            self.warmup_sum = self.warmup_sum + excess
+            return _ops.combine(chunks, nan_unless(finite, self.alpha))
+        if self.baseline is None:
+            self.baseline = self.warmup_sum / self.n_warmup_steps if self.n_warmup_steps else excess
+        ratio = torch.where(self.baseline > 0, excess / torch.where(self.baseline > 0, self.baseline, 1.0), 0.0)
+        updated = torch.softmax(self.alpha.log() + self.robust_step_size * ratio, 0)
+        self.alpha = torch.where(finite, updated, self.alpha)
+        return _ops.combine(chunks, nan_unless(finite, self.alpha))
+
+    def state_dict(self) -> Dict[str, object]:
+        clone = (lambda t: None if t is None else t.clone())
+        return {"squared_sums": None if self.squared_sums is None else [s.clone() for s in self.squared_sums],
+                "alpha": clone(self.alpha), "baseline": clone(self.baseline), "warmup_sum": clone(self.warmup_sum),
+                "steps": self.steps}
+
+    def load_state_dict(self, state: Dict[str, object]) -> None:
+        self.reset()
+        sums = state["squared_sums"]
+        self.squared_sums = None if sums is None else [s.detach().clone() for s in sums]
+        for name in ("alpha", "baseline", "warmup_sum"):
+            setattr(self, name, None if state[name] is None else state[name].detach().clone().double())
+        self.steps = check_number(state["steps"], "steps", low=0, integer=True)
+
+    def __repr__(self) -> str:
+        return f"ExcessMTL(robust_step_size={self.robust_step_size}, n_warmup_steps={self.n_warmup_steps})"
