@@ -31,7 +31,7 @@ class DBMTLWeighting(VectorStateWeighting):
         self.beta = float(check_number(beta, "beta", low=0.0, high=1.0))
         self.beta_sigma = float(check_number(beta_sigma, "beta_sigma", low=0.0))
         self.pending_losses: Optional[Tensor] = None
-        self.step = 0
+        self.step: Optional[Tensor] = None  # finite steps so far, a tensor: counting needs no host sync
 
     def update_losses(self, losses: Losses) -> None:
         """Hands over this step's K losses; the next call uses (and forgets) them."""
@@ -51,12 +51,12 @@ class DBMTLWeighting(VectorStateWeighting):
         # |grad log(L_k + eps)| = |g_k| / (L_k + eps)
         norms = torch.where(finite, G.diagonal(), 0.0).clamp_min(0.0).sqrt() / shifted
         previous = self.current_state(K, G.device)
-        if previous is None:
-            previous, self.step = torch.zeros_like(norms), 0
-        self.step += 1
-        rate = self.beta / self.step ** self.beta_sigma
-        average = norms + rate * (previous - norms)
+        if previous is None or self.step is None:
+            previous, self.step = torch.zeros_like(norms), torch.zeros((), dtype=G.dtype, device=G.device)
+        step = self.step.to(G.device) + 1.0
+        average = norms + self.beta / step ** self.beta_sigma * (previous - norms)
         self.keep(finite, average, previous)
+        self.step = torch.where(finite, step, step - 1.0)
         # alpha_k = max_i m_i / m_k; a task whose average norm is 0 has nothing to scale
         alpha = torch.where(average > 0, average.amax() / torch.where(average > 0, average, 1.0), 0.0)
         return nan_unless(finite, alpha / shifted)
@@ -64,14 +64,14 @@ class DBMTLWeighting(VectorStateWeighting):
     def reset(self) -> None:
         """Forgets the moving average, the step count and any pending losses."""
         super().reset()
-        self.pending_losses, self.step = None, 0
+        self.pending_losses, self.step = None, None
 
     def state_dict(self) -> Dict[str, object]:
-        return {**super().state_dict(), "step": self.step}
+        return {**super().state_dict(), "step": None if self.step is None else self.step.clone()}
 
     def load_state_dict(self, state: Dict[str, object]) -> None:
         super().load_state_dict(state)
-        self.step = check_number(state["step"], "step", low=0, integer=True)
+        self.step = None if state["step"] is None else torch.as_tensor(state["step"], dtype=torch.float64).clone()
 
     def __repr__(self) -> str:
         return f"DBMTLWeighting(beta={self.beta}, beta_sigma={self.beta_sigma})"
@@ -89,7 +89,8 @@ class DBMTL(GramAggregator):
     Deviation (what makes it Gram-based): the paper and LibMTL average the gradient VECTORS h_k (a K x P
     buffer) and combine the averaged vectors; here the average is of their norms, which only sets the scales,
     and the current h_k give the direction. With beta = 0 the two are identical. The losses must be > -1e-8;
-    a NaN, infinite or too negative loss is treated like a non-finite G (all-NaN weights, state kept).
+    a NaN, infinite or too negative loss is treated like a non-finite G (all-NaN weights, state kept, the step
+    count included).
 
     The losses: ``needs_losses`` is True. Before each ``weights(G)``, call ``update_losses(losses)`` with the
     step's K losses (detached here); :func:`mtl_fast.backward` and the Gram engine do it, and with

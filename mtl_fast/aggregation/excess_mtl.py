@@ -38,13 +38,13 @@ class ExcessMTL(Aggregator):
     the official code and TorchJD 0.18 use the raw E on that one step; with n_warmup_steps >= 1 the two agree.
     E / E0 where TorchJD divides by E0 + 1e-7 (scale-dependent). alpha starts at 1/K as in the paper and TorchJD
     (the official code and LibMTL start at 1). A step with a NaN or infinite gradient leaves every statistic
-    as it was (the step counter excepted).
+    as it was.
 
     Args:
         robust_step_size: eta_alpha, > 0 (default 1, as TorchJD).
         n_warmup_steps: steps of uniform weights collecting E for the baseline, >= 0 (the paper suggests three
             epochs' worth; default 0, the official code's).
-    State: S (as J's chunks), alpha, E0, the warm-up sum and the step count (``state_dict()`` /
+    State: S (as J's chunks), alpha, E0, the warm-up sum and the step count (tensors) (``state_dict()`` /
     ``load_state_dict()``, ``reset()``).
     """
 
@@ -58,47 +58,49 @@ class ExcessMTL(Aggregator):
     def reset(self) -> None:
         """Forgets every statistic: the next step starts from uniform weights and warms up again."""
         self.squared_sums: Optional[List[Tensor]] = None
-        self.alpha: Optional[Tensor] = None
-        self.baseline: Optional[Tensor] = None
-        self.warmup_sum: Optional[Tensor] = None
-        self.steps = 0
+        self.vectors: Dict[str, Tensor] = {}
 
     def aggregate_chunks(self, chunks: List[Tensor]) -> List[Tensor]:
         K, device = chunks[0].shape[0], chunks[0].device
         if not check_state_shapes(self.squared_sums, chunks, "ExcessMTL"):
             self.squared_sums = [torch.zeros(c.shape, dtype=state_dtype(c), device=device) for c in chunks]
-            self.alpha = torch.full((K,), 1.0 / K, dtype=torch.float64, device=device)
-            self.baseline, self.warmup_sum, self.steps = None, torch.zeros_like(self.alpha), 0
+            zeros = torch.zeros(K, dtype=torch.float64, device=device)
+            # every counter and flag is a tensor, so that warm-up and baseline need no host sync
+            self.vectors = {"alpha": zeros + 1.0 / K, "baseline": zeros, "warmup_sum": zeros,
+                            "steps": zeros[0], "has_baseline": zeros[0]}
+        v = self.vectors
         finite = all_finite(chunks)
         squares = [c.to(state_dtype(c)) ** 2 for c in chunks]
         sums = keep_where(finite, [s + q for s, q in zip(self.squared_sums, squares)], self.squared_sums)
-        self.squared_sums = sums
         excess = sum((q / (s + EXCESS_EPS).sqrt()).reshape(K, -1).double().sum(1) for q, s in zip(squares, sums))
-        excess = torch.where(finite, excess, 0.0)
-        self.steps += 1
-        if self.steps <= self.n_warmup_steps:
-            self.warmup_sum = self.warmup_sum + excess
-            return _ops.combine(chunks, nan_unless(finite, self.alpha))
-        if self.baseline is None:
-            self.baseline = self.warmup_sum / self.n_warmup_steps if self.n_warmup_steps else excess
-        ratio = torch.where(self.baseline > 0, excess / torch.where(self.baseline > 0, self.baseline, 1.0), 0.0)
-        updated = torch.softmax(self.alpha.log() + self.robust_step_size * ratio, 0)
-        self.alpha = torch.where(finite, updated, self.alpha)
-        return _ops.combine(chunks, nan_unless(finite, self.alpha))
+        steps = v["steps"] + finite.double()
+        warming = finite & (steps <= self.n_warmup_steps)
+        warmup_sum = torch.where(warming, v["warmup_sum"] + excess, v["warmup_sum"])
+        weighing = finite & ~warming
+        first = weighing & (v["has_baseline"] == 0)
+        baseline = torch.where(first, warmup_sum / self.n_warmup_steps if self.n_warmup_steps else excess,
+                               v["baseline"])
+        ratio = torch.where(baseline > 0, excess / torch.where(baseline > 0, baseline, 1.0), 0.0)
+        alpha = torch.where(weighing, torch.softmax(v["alpha"].log() + self.robust_step_size * ratio, 0), v["alpha"])
+        self.squared_sums = sums
+        self.vectors = {"alpha": alpha, "baseline": baseline, "warmup_sum": warmup_sum, "steps": steps,
+                        "has_baseline": torch.where(weighing, 1.0, v["has_baseline"])}
+        return _ops.combine(chunks, nan_unless(finite, alpha))
+
+    @property
+    def alpha(self) -> Optional[Tensor]:
+        """The current task weights (None before the first step)."""
+        return self.vectors.get("alpha")
 
     def state_dict(self) -> Dict[str, object]:
-        clone = (lambda t: None if t is None else t.clone())
         return {"squared_sums": None if self.squared_sums is None else [s.clone() for s in self.squared_sums],
-                "alpha": clone(self.alpha), "baseline": clone(self.baseline), "warmup_sum": clone(self.warmup_sum),
-                "steps": self.steps}
+                **{name: t.clone() for name, t in self.vectors.items()}}
 
     def load_state_dict(self, state: Dict[str, object]) -> None:
         self.reset()
         sums = state["squared_sums"]
         self.squared_sums = None if sums is None else [s.detach().clone() for s in sums]
-        for name in ("alpha", "baseline", "warmup_sum"):
-            setattr(self, name, None if state[name] is None else state[name].detach().clone().double())
-        self.steps = check_number(state["steps"], "steps", low=0, integer=True)
+        self.vectors = {name: t.detach().clone().double() for name, t in state.items() if name != "squared_sums"}
 
     def __repr__(self) -> str:
         return f"ExcessMTL(robust_step_size={self.robust_step_size}, n_warmup_steps={self.n_warmup_steps})"

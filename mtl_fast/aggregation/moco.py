@@ -34,7 +34,7 @@ class MoCo(Aggregator):
     Deviations from LibMTL 1.1.5's MoCo (TorchJD 0.18 has none): the paper's projection onto the simplex where
     LibMTL applies a softmax, and the raw gradients where LibMTL first rescales each to |g_k| = L_k (a
     heuristic of its own that needs the losses). A step with a NaN or infinite gradient leaves Y and lambda as
-    they were (the step counter excepted).
+    they were, the step count included.
 
     Args:
         beta, beta_sigma: the tracking rate beta / t^beta_sigma (beta in (0, 1], LibMTL's defaults 0.5, 0.5).
@@ -58,35 +58,37 @@ class MoCo(Aggregator):
         """Forgets the tracked gradients, lambda and the step count."""
         self.tracked: Optional[List[Tensor]] = None
         self.lambda_: Optional[Tensor] = None
-        self.step = 0
+        self.step: Optional[Tensor] = None  # finite steps so far, a tensor: counting needs no host sync
 
     def aggregate_chunks(self, chunks: List[Tensor]) -> List[Tensor]:
         K, device = chunks[0].shape[0], chunks[0].device
         if not check_state_shapes(self.tracked, chunks, "MoCo"):
             self.tracked = [torch.zeros(c.shape, dtype=state_dtype(c), device=device) for c in chunks]
             self.lambda_ = torch.full((K,), 1.0 / K, dtype=torch.float64, device=device)
-            self.step = 0
-        self.step += 1
+            self.step = torch.zeros((), dtype=torch.float64, device=device)
         finite = all_finite(chunks)
-        rate = self.beta / self.step ** self.beta_sigma
+        t = self.step + 1.0
+        rate = self.beta / t ** self.beta_sigma
         tracked = [y - rate * (y - c.to(y.dtype)) for y, c in zip(self.tracked, chunks)]
         self.tracked = keep_where(finite, tracked, self.tracked)
         G = _ops.gram(self.tracked)
-        step = self.gamma / self.step ** self.gamma_sigma
+        step = self.gamma / t ** self.gamma_sigma
         lam = project_onto_simplex(self.lambda_ - step * (G @ self.lambda_ + self.rho * self.lambda_))
         self.lambda_ = torch.where(finite, lam, self.lambda_)
+        self.step = torch.where(finite, t, self.step)
         combined = _ops.combine(self.tracked, nan_unless(finite, self.lambda_))
         return [out.to(c.dtype) for out, c in zip(combined, chunks)]
 
     def state_dict(self) -> Dict[str, object]:
         return {"tracked": None if self.tracked is None else [y.clone() for y in self.tracked],
-                "lambda": None if self.lambda_ is None else self.lambda_.clone(), "step": self.step}
+                "lambda": None if self.lambda_ is None else self.lambda_.clone(),
+                "step": None if self.step is None else self.step.clone()}
 
     def load_state_dict(self, state: Dict[str, object]) -> None:
         self.reset()
         self.tracked = None if state["tracked"] is None else [y.detach().clone() for y in state["tracked"]]
         self.lambda_ = None if state["lambda"] is None else state["lambda"].detach().clone().double()
-        self.step = check_number(state["step"], "step", low=0, integer=True)
+        self.step = None if state["step"] is None else torch.as_tensor(state["step"], dtype=torch.float64).clone()
 
     def __repr__(self) -> str:
         return (f"MoCo(beta={self.beta}, beta_sigma={self.beta_sigma}, gamma={self.gamma}, "
