@@ -65,10 +65,18 @@ def check_gram(G: Tensor, name: str = "G") -> int:
     return shape[0]
 
 
+def _all_real_numbers(values) -> bool:
+    return isinstance(values, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                      for v in values)
+
+
 def as_float_tensor(values, name: str) -> Tensor:
     """A 1-D, finite, floating tensor from a sequence or tensor of numbers (checked once, on construction)."""
     try:
-        t = torch.as_tensor(values)
+        # Python numbers straight to float64: torch's default float32 would round 0.1 to 0.10000000149
+        t = values if isinstance(values, Tensor) or not _all_real_numbers(values) else \
+            torch.as_tensor(values, dtype=torch.float64)
+        t = torch.as_tensor(t)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise TypeError(f"{name}: expected a sequence of numbers or a 1-D tensor ({exc})") from None
     if t.dim() != 1 or t.numel() == 0:

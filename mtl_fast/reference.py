@@ -435,22 +435,9 @@ def aligned_mtl(J: Tensor, u: Tensor, scale_mode: str = "min") -> Tensor:
 
 
 def nash_mtl(G: Tensor, iterations: int = 500) -> Tensor:
-    """Nash-MTL (Navon et al. 2022): beta > 0 with G beta = 1 / beta, found by L-BFGS on log(beta) for the
-    convex f(beta) = 1/2 beta^T G beta - sum log beta."""
-    G = G.double()
-    log_beta = torch.zeros(G.shape[0], dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_beta], max_iter=iterations, tolerance_grad=1e-14, tolerance_change=1e-16,
-                                  line_search_fn="strong_wolfe")
-
-    def closure():
-        optimizer.zero_grad()
-        beta = log_beta.exp()
-        value = 0.5 * beta @ G @ beta - log_beta.sum()
-        value.backward()
-        return value
-
-    optimizer.step(closure)
-    return log_beta.detach().exp()
+    """Nash-MTL (Navon et al. 2022): beta > 0 with G beta = 1 / beta, FairGrad's equation at alpha = 1 (see
+    :func:`fairgrad`: L-BFGS on log(beta) for the convex f(beta) = 1/2 beta^T G beta - sum log beta)."""
+    return fairgrad(G, 1.0, iterations)
 
 
 def graddrop(J: Tensor, draw: Tensor, leak: Tensor) -> Tensor:

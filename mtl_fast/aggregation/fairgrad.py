@@ -9,40 +9,61 @@ from .._checks import check_gram, check_number
 from .._nonfinite import finite_or_zero, nan_unless
 from .bases import GramAggregator, Weighting
 
-__all__ = ["FairGrad", "FairGradWeighting", "solve_alpha_fair", "FAIR_DECREMENT_TOLERANCE"]
+__all__ = ["FairGrad", "FairGradWeighting", "solve_alpha_fair", "FAIR_TOLERANCE"]
 
-#: The solver stops once the squared Newton decrement of the normalised problem is below this.
-FAIR_DECREMENT_TOLERANCE = 1e-20
+#: The solver stops once |M w - w^(-1/alpha)| <= this * max_k w_k^(-1/alpha) on the normalised problem.
+FAIR_TOLERANCE = 1e-10
 #: The I term added to G / |G|_F: it keeps the problem bounded when the gradients are linearly dependent.
 FAIR_REGULARIZATION = 1e-10
+
+
+#: The step lengths the line search tries at once: 1, 1/2, ..., 2^-30.
+_STEP_LENGTHS = 2.0 ** -torch.arange(31, dtype=torch.float64)
+
+
+def _barrier(W: Tensor, alpha: float) -> Tensor:
+    """sum_k h(W_k) along the last dimension, h' = w^(-1/alpha) (log for alpha = 1)."""
+    if alpha == 1.0:
+        return W.log().sum(-1)
+    power = 1.0 - 1.0 / alpha
+    return (W ** power).sum(-1) / power
 
 
 def solve_alpha_fair(G: Tensor, alpha: float, max_iter: int) -> Tensor:
     """w > 0 with G w = w^(-1/alpha) (elementwise), up to the 1e-10 |G|_F I term; zeros for G = 0.
 
     G w = w^(-1/alpha) is the stationarity condition of the strictly convex
-    f(w) = 1/2 w^T M w - sum_k h(w_k), h' = w^(-1/alpha) (h = log for alpha = 1), solved on M = G / |G|_F
-    + 1e-10 I by damped Newton steps (step 1 / (1 + decrement) until the decrement is below 1/4, then full
-    steps; never more than 0.9 of the way to the boundary w = 0), at most ``max_iter`` of them, stopping when
-    the squared decrement is below 1e-20. The solution for G is that for M times |G|_F^(-alpha / (1 + alpha)).
+    f(w) = 1/2 w^T M w - sum_k h(w_k), h' = w^(-1/alpha) (h = log for alpha = 1), on M = G / |G|_F + 1e-10 I.
+    Newton steps with an exact line search over the step lengths 1, 1/2, ..., 2^-30, all tried in one batched
+    evaluation of f (points outside w > 0 count as +inf), so that f decreases at every step without a host
+    sync (full steps once the squared Newton decrement is below 1e-6, where f is too flat to rank them): at most ``max_iter`` steps, stopping when |M w - w^(-1/alpha)| <= 1e-10 max_k w_k^(-1/alpha). The
+    solution for G is that for M times |G|_F^(-alpha / (1 + alpha)).
     """
     G = G.double()
     K = G.shape[0]
     norm = torch.linalg.matrix_norm(G)
     safe_norm = torch.where(norm > 0, norm, 1.0)
-    M = torch.where(norm > 0, G / safe_norm, 0.0) + FAIR_REGULARIZATION * torch.eye(K, dtype=G.dtype, device=G.device)
+    identity = torch.eye(K, dtype=G.dtype, device=G.device)
+    M = torch.where(norm > 0, G / safe_norm, 0.0) + FAIR_REGULARIZATION * identity
+    lengths = _STEP_LENGTHS.to(G.device)[:, None]
     exponent = -1.0 / alpha
     w = M.diagonal() ** (-alpha / (1.0 + alpha))  # exact when the gradients are orthogonal
     for iteration in range(max_iter):
-        gradient = M @ w - w ** exponent
-        hessian = M + torch.diag(-exponent * w ** (exponent - 1.0))
-        step = torch.linalg.solve_ex(hessian, gradient)[0]
-        decrement_sq = (step @ gradient).clamp_min(0.0)
-        length = torch.where(decrement_sq < 0.0625, 1.0, 1.0 / (1.0 + decrement_sq.sqrt()))
-        to_boundary = torch.where(step > 0, w / torch.where(step > 0, step, 1.0), float("inf")).amin()
-        w = w - torch.minimum(length, 0.9 * to_boundary) * step
-        if reference.should_stop(decrement_sq < FAIR_DECREMENT_TOLERANCE, iteration):
+        target = w ** exponent
+        gradient = M @ w - target
+        if reference.should_stop(gradient.abs().amax() <= FAIR_TOLERANCE * target.amax(), iteration):
             break
+        hessian = M + torch.diag(-exponent * w ** (exponent - 1.0))
+        # Jacobi scaling: the barrier's curvature spans many decades when the weights do (large alpha)
+        scale = hessian.diagonal().rsqrt()
+        step = scale * torch.linalg.solve_ex(scale[:, None] * hessian * scale[None, :], scale * gradient)[0]
+        candidates = w - lengths * step
+        inside = (candidates > 0).all(1)
+        safe = torch.where(inside[:, None], candidates, 1.0)
+        values = torch.where(inside, 0.5 * ((safe @ M) * safe).sum(1) - _barrier(safe, alpha), float("inf"))
+        # Near the solution f is flat to rounding and cannot rank the steps: there the full step is taken.
+        near = ((step * gradient).sum() < 1e-6) & inside[0]
+        w = candidates[torch.where(near, 0, values.argmin())]
     return torch.where(norm > 0, w * safe_norm ** (-alpha / (1.0 + alpha)), 0.0)
 
 
@@ -75,14 +96,17 @@ class FairGrad(GramAggregator):
     (Nash-MTL's G w = 1 / w); alpha -> infinity tends to max-min fairness; alpha -> 0 to the plain sum.
     No normalisation of d (the official code clips the gradient norm separately; do that in the optimiser).
 
-    Solver: :func:`solve_alpha_fair`, damped Newton on the convex problem whose stationarity condition is the
-    equation (instead of the official code's scipy least_squares from 1/K, which TorchJD also runs), on
-    G / |G|_F + 1e-10 I, then rescaled, so the answer is scale-equivariant: G -> s G gives
-    w -> s^(-alpha / (1 + alpha)) w. Tolerance: stops when the squared Newton decrement is below 1e-20 (at most
-    ``max_iter`` steps, default 50); the residual |G w - w^(-1/alpha)| is then within ~1e-8 of |w^(-1/alpha)|,
-    apart from the 1e-10 |G|_F w of the regularisation. The regularisation keeps linearly dependent gradients
-    (which have no exact solution: opposite gradients, say) finite; a zero gradient gets a large but finite
-    weight (on a zero vector); all-zero gradients give w = 0.
+    Solver: :func:`solve_alpha_fair`, Newton with an exact line search on the convex problem whose
+    stationarity condition is the equation (instead of the official code's scipy least_squares from 1/K, which
+    TorchJD also runs), on G / |G|_F + 1e-10 I, then rescaled, so the answer is scale-equivariant: G -> s G
+    gives w -> s^(-alpha / (1 + alpha)) w.
+    Tolerance: it stops when the residual of the regularised equation is at most 1e-10 max_k w_k^(-1/alpha)
+    (on G / |G|_F), or after ``max_iter`` steps (default 50). That is typically reached in 3-12 steps; for
+    alpha > 2 rounding puts a floor under the residual which grows with G's condition number (the tests hold
+    it to 1e-9 for alpha <= 2 and 1e-5 for alpha = 5, 10 at K <= 32, cond(G) up to 1e5); the raw equation differs from the regularised one by the
+    1e-10 |G|_F w term. The regularisation keeps linearly dependent gradients (which have no exact solution:
+    opposite gradients, say) finite; a zero gradient gets a large but finite weight (on a zero vector);
+    all-zero gradients give w = 0.
 
     Args:
         alpha: the fairness exponent, alpha > 0 (default 1, the paper's and the official code's).
