@@ -611,7 +611,7 @@ def random_weights(z: Tensor) -> Tensor:
 
 def stch(losses: Tensor, mu: float, pref: Tensor, reference: Tensor) -> Tensor:
     """Smooth Tchebycheff (Lin et al. 2024), equation 9: mu log sum_k exp(lambda_k (L_k - z_k) / mu)."""
-    return mu * torch.log(torch.exp(pref * (losses - reference) / mu).sum())
+    return mu * torch.logsumexp(pref * (losses - reference) / mu, 0)  # log(sum(exp)), without overflow
 
 
 def geometric_mean(losses: Tensor) -> Tensor:

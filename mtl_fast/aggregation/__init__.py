@@ -1,8 +1,8 @@
 """How the K task gradients of the shared parameters become one update: one module per method.
 
-Every method is an :class:`Aggregator`. The Gram-based ones (all but GradDrop, TrimmedMean, ExcessMTL and MoCo) are :class:`GramAggregator`\\ s
-holding a :class:`Weighting`, the map from the K x K Gram matrix G to the K weights of the update
-sum_k w_k g_k; ``aggregator.weights(G)`` calls it, and any state the method keeps lives on the weighting.
+Every method is an :class:`Aggregator`. The Gram-based ones (all but GradDrop, TrimmedMean, ExcessMTL and MoCo) are
+:class:`GramAggregator`\\ s holding a :class:`Weighting`, the map from the K x K Gram matrix G to the K weights of
+the update sum_k w_k g_k; ``aggregator.weights(G)`` calls it, and any state the method keeps lives on the weighting.
 """
 from ._qp import QP_REGULARIZATION, QP_TOLERANCE, solve_nonnegative_qp
 from .aligned_mtl import AlignedMTL, AlignedMTLWeighting

@@ -36,8 +36,9 @@ def solve_alpha_fair(G: Tensor, alpha: float, max_iter: int) -> Tensor:
     f(w) = 1/2 w^T M w - sum_k h(w_k), h' = w^(-1/alpha) (h = log for alpha = 1), on M = G / |G|_F + 1e-10 I.
     Newton steps with an exact line search over the step lengths 1, 1/2, ..., 2^-30, all tried in one batched
     evaluation of f (points outside w > 0 count as +inf), so that f decreases at every step without a host
-    sync (full steps once the squared Newton decrement is below 1e-6, where f is too flat to rank them): at most ``max_iter`` steps, stopping when |M w - w^(-1/alpha)| <= 1e-10 max_k w_k^(-1/alpha). The
-    solution for G is that for M times |G|_F^(-alpha / (1 + alpha)).
+    sync (full steps once the squared Newton decrement is below 1e-6, where f is too flat to rank them): at
+    most ``max_iter`` steps, stopping when |M w - w^(-1/alpha)| <= 1e-10 max_k w_k^(-1/alpha). The solution
+    for G is that for M times |G|_F^(-alpha / (1 + alpha)).
     """
     G = G.double()
     K = G.shape[0]
@@ -103,10 +104,10 @@ class FairGrad(GramAggregator):
     Tolerance: it stops when the residual of the regularised equation is at most 1e-10 max_k w_k^(-1/alpha)
     (on G / |G|_F), or after ``max_iter`` steps (default 50). That is typically reached in 3-12 steps; for
     alpha > 2 rounding puts a floor under the residual which grows with G's condition number (the tests hold
-    it to 1e-9 for alpha <= 2 and 1e-5 for alpha = 5, 10 at K <= 32, cond(G) up to 1e5); the raw equation differs from the regularised one by the
-    1e-10 |G|_F w term. The regularisation keeps linearly dependent gradients (which have no exact solution:
-    opposite gradients, say) finite; a zero gradient gets a large but finite weight (on a zero vector);
-    all-zero gradients give w = 0.
+    it to 1e-9 for alpha <= 2 and 1e-5 for alpha = 5, 10 at K <= 32, cond(G) up to 1e5); the raw equation
+    differs from the regularised one by the 1e-10 |G|_F w term. The regularisation keeps linearly dependent
+    gradients (which have no exact solution: opposite gradients, say) finite; a zero gradient gets a large but
+    finite weight (on a zero vector); all-zero gradients give w = 0.
 
     Args:
         alpha: the fairness exponent, alpha > 0 (default 1, the paper's and the official code's).

@@ -35,8 +35,8 @@ def test_alpha_one_is_nash_mtl_and_scale_equivariance():
     G = jacobian(5) @ jacobian(5).T
     assert torch.allclose(mf.FairGrad(1.0).weights(G), mf.NashMTL(max_norm=0.0).weights(G), rtol=1e-12)
     alpha, s = 2.0, 1e8
-    assert torch.allclose(mf.FairGrad(alpha).weights(s * G), s ** (-alpha / (1 + alpha)) * mf.FairGrad(alpha).weights(G),
-                          rtol=1e-8)
+    expected = s ** (-alpha / (1 + alpha)) * mf.FairGrad(alpha).weights(G)
+    assert torch.allclose(mf.FairGrad(alpha).weights(s * G), expected, rtol=1e-8)
 
 
 @pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0])
