@@ -141,3 +141,10 @@ def test_flags():
     assert mf.TrimmedMean.representation_level_ok and not mf.PCGrad.needs_losses
     for cls in (mf.TrimmedMean, mf.ExcessMTL, mf.MoCo):
         assert not issubclass(cls, mf.GramAggregator)
+
+
+@pytest.mark.parametrize("name", ["ConFIG", "FairGrad-0.5", "SDMGrad", "MoDo", "CRMOGM-MGDA", "DBMTL"])
+def test_weights_differentiable_in_g(name):
+    # Krum and Random are piecewise constant in G: their weights carry no autograd history
+    G = (jacobian(4) @ jacobian(4).T).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda G: gram_weights(GRAM[name](), (G + G.T) / 2), (G,), eps=1e-6, atol=1e-4)
