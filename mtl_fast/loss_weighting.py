@@ -334,9 +334,10 @@ class STCH(_ScalarisationWeighting):
     S(L) = mu log sum_k exp(lambda_k (L_k - z_k) / mu), a smooth upper bound of max_k lambda_k (L_k - z_k)
     within mu log K. Weights dS/dL_k = lambda_k softmax(lambda (L - z) / mu)_k (they sum to 1 for lambda = 1);
     ``combine`` has S's gradient (its value is sum_k w_k L_k, not S). mu -> 0 tends to the Tchebycheff
-    max, mu -> infinity to the lambda-weighted mean. Deviation from LibMTL 1.1.5's STCH: it applies the formula
-    to log(L / nadir) with a nadir point averaged over a warm-up epoch; here to the raw losses (pass
-    ``torch.log(losses)`` yourself for that variant).
+    max, mu -> infinity to the lambda-weighted mean. Deviations from LibMTL 1.1.5's STCH: it applies the
+    formula to log(L / nadir) with a nadir point averaged over a warm-up epoch (the sum of log-losses before),
+    and multiplies S by K; here it is applied to the losses as given (pass ``torch.log(losses / nadir)`` for
+    that variant, and scale the learning rate for the K).
 
     Args:
         mu: the smoothing, > 0.

@@ -62,11 +62,12 @@ class CRMOGM(GramAggregator):
     NeurIPS 2022): the weights of any Gram-based method, smoothed across steps.
 
     lambda_t = alpha lambda_{t-1} + (1 - alpha) lambda^_t, with lambda^_t = aggregator.weights(G_t) and
-    lambda_0 = lambda^_1 (so the first step is the method's own); the update is sum_k lambda_t,k g_k. The paper
-    writes the moving average with alpha_t on the new weights and lets it decay; here alpha weighs the PREVIOUS
-    average (TorchJD's convention, alpha = 0: no smoothing, 1: frozen); set ``weighting.alpha`` between steps
-    for the paper's schedule (e.g. alpha = 1 - lr_t / lr_0, Corollary 1). A step with a NaN or infinite G gives
-    all-NaN weights and leaves the average (and, as for every method, the wrapped one's state) as it was.
+    lambda_0 = lambda^_1 (so the first step is the method's own); the update is sum_k lambda_t,k g_k. alpha
+    weighs the PREVIOUS average, as TorchJD 0.18 reads the paper (alpha = 0: no smoothing, 1: frozen); set
+    ``weighting.alpha`` between steps for the paper's schedule (e.g. alpha = 1 - lr_t / lr_0, Corollary 1, as
+    TorchJD suggests). A step with a NaN or infinite G gives
+    all-NaN weights and leaves the average as it was (the wrapped method keeps its own state by the same rule;
+    of the existing ones, GradVac's generator and Nash-MTL's step count still advance).
 
     Args:
         aggregator: a Gram-based mtl_fast aggregator (MGDA, UPGrad, PCGrad, ...).
