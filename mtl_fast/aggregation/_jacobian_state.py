@@ -12,11 +12,6 @@ def state_dtype(chunk: Tensor) -> torch.dtype:
     return torch.promote_types(chunk.dtype, torch.float32)
 
 
-def all_finite(chunks: List[Tensor]) -> Tensor:
-    """A 0-dim bool: whether every chunk is free of NaN and inf (no host sync)."""
-    return torch.stack([torch.isfinite(chunk).all() for chunk in chunks]).all()
-
-
 def check_state_shapes(state: Optional[List[Tensor]], chunks: List[Tensor], method: str) -> bool:
     """Whether ``state`` (None before the first step) matches the chunks' shapes; a different Jacobian layout
     would silently mix unrelated coordinates, so it raises instead."""

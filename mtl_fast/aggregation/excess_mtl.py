@@ -10,7 +10,7 @@ from torch import Tensor
 from .. import _ops
 from .._checks import check_number
 from .._nonfinite import nan_unless
-from ._jacobian_state import all_finite, check_state_shapes, keep_where, state_dtype
+from ._jacobian_state import check_state_shapes, keep_where, state_dtype
 from .bases import Aggregator
 
 __all__ = ["ExcessMTL"]
@@ -69,10 +69,13 @@ class ExcessMTL(Aggregator):
             self.vectors = {"alpha": zeros + 1.0 / K, "baseline": zeros, "warmup_sum": zeros,
                             "steps": zeros[0], "has_baseline": zeros[0]}
         v = self.vectors
-        finite = all_finite(chunks)
         squares = [c.to(state_dtype(c)) ** 2 for c in chunks]
-        sums = keep_where(finite, [s + q for s, q in zip(self.squared_sums, squares)], self.squared_sums)
-        excess = sum((q / (s + EXCESS_EPS).sqrt()).reshape(K, -1).double().sum(1) for q, s in zip(squares, sums))
+        sums = [s + q for s, q in zip(self.squared_sums, squares)]
+        excess = sum((q * (s + EXCESS_EPS).rsqrt()).reshape(K, -1).sum(1, dtype=torch.float64)
+                     for q, s in zip(squares, sums))
+        # a NaN or inf in J reaches E: a check of K numbers instead of a pass over J
+        finite = torch.isfinite(excess).all()
+        sums = keep_where(finite, sums, self.squared_sums)
         steps = v["steps"] + finite.double()
         warming = finite & (steps <= self.n_warmup_steps)
         warmup_sum = torch.where(warming, v["warmup_sum"] + excess, v["warmup_sum"])

@@ -10,7 +10,7 @@ from torch import Tensor
 from .. import _ops
 from .._checks import check_number
 from .._nonfinite import nan_unless
-from ._jacobian_state import all_finite, check_state_shapes, keep_where, state_dtype
+from ._jacobian_state import check_state_shapes, keep_where, state_dtype
 from ._utils import project_onto_simplex
 from .bases import Aggregator
 
@@ -66,12 +66,13 @@ class MoCo(Aggregator):
             self.tracked = [torch.zeros(c.shape, dtype=state_dtype(c), device=device) for c in chunks]
             self.lambda_ = torch.full((K,), 1.0 / K, dtype=torch.float64, device=device)
             self.step = torch.zeros((), dtype=torch.float64, device=device)
-        finite = all_finite(chunks)
         t = self.step + 1.0
-        rate = self.beta / t ** self.beta_sigma
-        tracked = [y - rate * (y - c.to(y.dtype)) for y, c in zip(self.tracked, chunks)]
+        rate = (self.beta / t ** self.beta_sigma).to(self.tracked[0].dtype)
+        tracked = [torch.lerp(y, c.to(y.dtype), rate) for y, c in zip(self.tracked, chunks)]
+        G = _ops.gram(tracked)
+        # a NaN or inf in J reaches the Gram of the new Y: a K x K check instead of a pass over J
+        finite = torch.isfinite(G).all()
         self.tracked = keep_where(finite, tracked, self.tracked)
-        G = _ops.gram(self.tracked)
         step = self.gamma / t ** self.gamma_sigma
         lam = project_onto_simplex(self.lambda_ - step * (G @ self.lambda_ + self.rho * self.lambda_))
         self.lambda_ = torch.where(finite, lam, self.lambda_)
