@@ -7,7 +7,7 @@ import mtl_fast as mf
 from zoo2_cases import degenerate_jacobians, jacobian, same_state, snapshot
 
 GRAM = {
-    "ConFIG": lambda: mf.ConFIG(), "ConFIG-pref": lambda: mf.ConFIG(pref=None),
+    "ConFIG": lambda: mf.ConFIG(),
     "FairGrad-0.5": lambda: mf.FairGrad(0.5), "FairGrad-2": lambda: mf.FairGrad(2.0),
     "SDMGrad": lambda: mf.SDMGrad(), "MoDo": lambda: mf.MoDo(), "CRMOGM-MGDA": lambda: mf.CRMOGM(mf.MGDA()),
     "CRMOGM-SDMGrad": lambda: mf.CRMOGM(mf.SDMGrad(), alpha=0.5), "Krum": lambda: mf.Krum(0),
