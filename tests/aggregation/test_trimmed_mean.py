@@ -4,6 +4,7 @@ import torch
 
 import mtl_fast as mf
 from mtl_fast import reference as ref
+from mtl_fast.aggregation.trimmed_mean import sort_rows
 from zoo2_cases import jacobian
 
 
@@ -32,3 +33,19 @@ def test_against_torchjd():
     aggregation = pytest.importorskip("torchjd.aggregation")
     J = jacobian(9, seed=1)
     assert torch.allclose(mf.TrimmedMean(3)(J), aggregation.TrimmedMean(3)(J), atol=1e-12)
+
+
+@pytest.mark.parametrize("K", [1, 2, 3, 5, 8, 13, 64])
+def test_sorting_network_against_torch_sort(K):
+    x = torch.randn(K, 40, dtype=torch.float64)
+    x[:, ::4] = x[0, ::4]  # ties
+    x[-1, 1] = float("inf")
+    assert torch.equal(torch.stack(sort_rows(x)), x.sort(dim=0).values)
+
+
+def test_nan_is_not_trimmed_away():
+    for position in range(5):
+        J = jacobian(5)
+        J[position, 3] = float("nan")
+        out = mf.TrimmedMean(1)(J)
+        assert torch.isnan(out[3]) and torch.isfinite(out[torch.arange(24) != 3]).all()
