@@ -10,7 +10,11 @@ from torch import Tensor
 from .._checks import check_number
 from .bases import Aggregator
 
-__all__ = ["TrimmedMean", "sort_rows"]
+__all__ = ["TrimmedMean", "sort_rows", "NETWORK_MIN_ROW"]
+
+#: Rows at least this long are ordered by :func:`sort_rows`; shorter ones by torch.sort, where the network's
+#: O(K log^2 K) op calls would cost more than the strided sort (at K = 64, 256-entry rows: 6 ms against 2 ms).
+NETWORK_MIN_ROW = 4096
 
 
 @lru_cache(maxsize=None)
@@ -67,9 +71,10 @@ class TrimmedMean(Aggregator):
     dropped and the remaining K - 2 trim_number averaged. Elementwise, so not Gram-based: it has no weights
     (:func:`mtl_fast.backward` returns None for it, and the Gram engine cannot run it); it works on the feature
     gradients of :func:`mtl_fast.fork` as on parameters. Half-precision inputs are averaged in float32. The
-    values are ordered by :func:`sort_rows`. Same definition as TorchJD 0.18's, except for a NaN: it makes its
-    coordinate NaN here (so AMP's GradScaler sees the overflowed step), where TorchJD's sort puts it last and
-    may trim it away.
+    values are ordered by :func:`sort_rows` (torch.sort for chunks with rows shorter than 4096 entries). Same
+    definition as TorchJD 0.18's, except for a NaN: on rows of 4096 entries or more it makes its coordinate NaN
+    (so AMP's GradScaler sees the overflowed step), where a sort puts it last and may trim it away (as on
+    shorter rows).
 
     Args:
         trim_number: how many values to drop at each end, >= 0 (0: the mean); needs K >= 2 trim_number + 1.
@@ -87,7 +92,12 @@ class TrimmedMean(Aggregator):
         out = []
         for chunk in chunks:
             dtype = torch.promote_types(chunk.dtype, torch.float32)
-            rows = sort_rows(chunk)[self.trim_number: K - self.trim_number] if self.trim_number else chunk.unbind(0)
+            if self.trim_number == 0:
+                rows = chunk.unbind(0)
+            elif chunk[0].numel() >= NETWORK_MIN_ROW:
+                rows = sort_rows(chunk)[self.trim_number: K - self.trim_number]
+            else:
+                rows = chunk.sort(dim=0).values[self.trim_number: K - self.trim_number].unbind(0)
             out.append((sum(row.to(dtype) for row in rows) / kept).to(chunk.dtype))
         return out
 

@@ -4,7 +4,7 @@ import torch
 
 import mtl_fast as mf
 from mtl_fast import reference as ref
-from mtl_fast.aggregation.trimmed_mean import sort_rows
+from mtl_fast.aggregation.trimmed_mean import NETWORK_MIN_ROW, sort_rows
 from zoo2_cases import jacobian
 
 
@@ -43,9 +43,11 @@ def test_sorting_network_against_torch_sort(K):
     assert torch.equal(torch.stack(sort_rows(x)), x.sort(dim=0).values)
 
 
-def test_nan_is_not_trimmed_away():
+def test_long_rows_take_the_network_and_keep_a_nan():
+    J = jacobian(5, P=NETWORK_MIN_ROW, seed=4)
+    assert torch.allclose(mf.TrimmedMean(2)(J), J.sort(dim=0).values[2:3].mean(0), atol=1e-12)
     for position in range(5):
-        J = jacobian(5)
-        J[position, 3] = float("nan")
-        out = mf.TrimmedMean(1)(J)
-        assert torch.isnan(out[3]) and torch.isfinite(out[torch.arange(24) != 3]).all()
+        broken = J.clone()
+        broken[position, 3] = float("nan")
+        out = mf.TrimmedMean(1)(broken)
+        assert torch.isnan(out[3]) and torch.isfinite(out[torch.arange(NETWORK_MIN_ROW) != 3]).all()
