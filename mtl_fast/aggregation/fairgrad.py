@@ -34,11 +34,13 @@ def solve_alpha_fair(G: Tensor, alpha: float, max_iter: int) -> Tensor:
 
     G w = w^(-1/alpha) is the stationarity condition of the strictly convex
     f(w) = 1/2 w^T M w - sum_k h(w_k), h' = w^(-1/alpha) (h = log for alpha = 1), on M = G / |G|_F + 1e-10 I.
-    Newton steps with an exact line search over the step lengths 1, 1/2, ..., 2^-30, all tried in one batched
-    evaluation of f (points outside w > 0 count as +inf), so that f decreases at every step without a host
-    sync (full steps once the squared Newton decrement is below 1e-6, where f is too flat to rank them): at
-    most ``max_iter`` steps, stopping when |M w - w^(-1/alpha)| <= 1e-10 max_k w_k^(-1/alpha). The solution
-    for G is that for M times |G|_F^(-alpha / (1 + alpha)).
+    For alpha = 1 damped Newton steps (1 / (1 + decrement) until the decrement is below 1/4, then full steps);
+    otherwise, where h is not self-concordant, Newton steps with an exact line search over the step lengths 1,
+    1/2, ..., 2^-30, all tried in one batched evaluation of f (points outside w > 0 count as +inf), so that f
+    decreases at every step without a host sync (full steps once the squared Newton decrement is below 1e-6,
+    where f is too flat to rank them). Newton systems are Jacobi-scaled. At most ``max_iter`` steps, stopping
+    when |M w - w^(-1/alpha)| <= 1e-10 max_k w_k^(-1/alpha). The solution for G is that for M times
+    |G|_F^(-alpha / (1 + alpha)).
     """
     G = G.double()
     K = G.shape[0]
@@ -58,12 +60,18 @@ def solve_alpha_fair(G: Tensor, alpha: float, max_iter: int) -> Tensor:
         # Jacobi scaling: the barrier's curvature spans many decades when the weights do (large alpha)
         scale = hessian.diagonal().rsqrt()
         step = scale * torch.linalg.solve_ex(scale[:, None] * hessian * scale[None, :], scale * gradient)[0]
+        decrement_sq = (step * gradient).sum()
+        if alpha == 1.0:
+            # The log barrier is self-concordant: the damped step 1 / (1 + decrement) stays inside w > 0 and
+            # converges (Nesterov & Nemirovski), at the cost of one scalar per step.
+            w = w - torch.where(decrement_sq < 0.0625, 1.0, 1.0 / (1.0 + decrement_sq.clamp_min(0.0).sqrt())) * step
+            continue
         candidates = w - lengths * step
         inside = (candidates > 0).all(1)
         safe = torch.where(inside[:, None], candidates, 1.0)
         values = torch.where(inside, 0.5 * ((safe @ M) * safe).sum(1) - _barrier(safe, alpha), float("inf"))
         # Near the solution f is flat to rounding and cannot rank the steps: there the full step is taken.
-        near = ((step * gradient).sum() < 1e-6) & inside[0]
+        near = (decrement_sq < 1e-6) & inside[0]
         w = candidates[torch.where(near, 0, values.argmin())]
     return torch.where(norm > 0, w * safe_norm ** (-alpha / (1.0 + alpha)), 0.0)
 

@@ -73,9 +73,10 @@ class NashMTL(GramAggregator):
     All-zero gradients give beta = 0.
 
     Solver: G beta = 1 / beta is the stationarity condition of the strictly convex
-    f(beta) = 1/2 beta^T G beta - sum log beta_k, minimised by Newton steps with an exact line search over
-    step lengths 2^-j (which keeps beta > 0), at most ``optim_niter`` steps (paper's default 20), stopping when
-    |G beta - 1 / beta| <= 1e-10 max(1 / beta) on the normalised G: FairGrad's solver
+    f(beta) = 1/2 beta^T G beta - sum log beta_k, minimised by damped Newton steps (step 1 / (1 + Newton
+    decrement) until the decrement is below 1/4, then full steps, which keeps beta > 0), at most ``optim_niter``
+    steps (paper's default 20), stopping when |G beta - 1 / beta| <= 1e-10 max(1 / beta) on the normalised G:
+    FairGrad's solver
     (:func:`~mtl_fast.aggregation.fairgrad.solve_alpha_fair`) at alpha = 1. A 1e-10 I term keeps
     the problem bounded when the gradients are linearly dependent (the paper assumes they are not; e.g.
     opposite gradients have no solution). Instead of the paper's sequence of convex programs (CCP via cvxpy), the
