@@ -5,8 +5,9 @@ kernels: ``gram -> weights -> combine``, two passes over the Jacobian, no host s
 """
 from . import aggregation, diagnostics, distributed, loss_weighting, nn, reference
 from ._ops import backend, backend_info
-from .aggregation import (MGDA, IMTLG, AlignedMTL, Aggregator, CAGrad, DualProj, GradDrop, GradVac, GramAggregator,
-                          Mean, NashMTL, PCGrad, Sum, UPGrad, Weighted, Weighting)
+from .aggregation import (CRMOGM, DBMTL, MGDA, IMTLG, AlignedMTL, Aggregator, CAGrad, ConFIG, DualProj, ExcessMTL,
+                          FairGrad, GradDrop, GradVac, GramAggregator, Krum, Mean, MoCo, MoDo, NashMTL, PCGrad, Random,
+                          SDMGrad, Sum, TrimmedMean, UPGrad, Weighted, Weighting)
 from .backward import backward
 from .fork import fork
 from .functional import aggregate, combine, gram
@@ -16,6 +17,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Aggregator", "GramAggregator", "Weighting", "Mean", "PCGrad", "Sum", "Weighted", "diagnostics",
     "AlignedMTL", "CAGrad", "DualProj", "GradDrop", "GradVac", "IMTLG", "MGDA", "NashMTL", "UPGrad",
+    "ConFIG", "CRMOGM", "DBMTL", "ExcessMTL", "FairGrad", "Krum", "MoCo", "MoDo", "Random", "SDMGrad", "TrimmedMean",
     "aggregate", "aggregation", "backend", "backend_info", "backward", "combine", "distributed", "fork", "gram",
     "loss_weighting", "nn", "reference",
 ]

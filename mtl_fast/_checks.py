@@ -1,12 +1,13 @@
 """Argument validation shared by the public functions: clear ValueError/TypeError naming the argument."""
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
 Jacobian = Union[Tensor, Sequence[Tensor]]
+Losses = Union[Tensor, Sequence[Tensor]]
 
 
 def as_chunks(J: Jacobian, name: str = "J") -> Tuple[List[Tensor], int, bool]:
@@ -64,10 +65,18 @@ def check_gram(G: Tensor, name: str = "G") -> int:
     return shape[0]
 
 
+def _all_real_numbers(values) -> bool:
+    return isinstance(values, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                      for v in values)
+
+
 def as_float_tensor(values, name: str) -> Tensor:
     """A 1-D, finite, floating tensor from a sequence or tensor of numbers (checked once, on construction)."""
     try:
-        t = torch.as_tensor(values)
+        # Python numbers straight to float64: torch's default float32 would round 0.1 to 0.10000000149
+        t = values if isinstance(values, Tensor) or not _all_real_numbers(values) else \
+            torch.as_tensor(values, dtype=torch.float64)
+        t = torch.as_tensor(t)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise TypeError(f"{name}: expected a sequence of numbers or a 1-D tensor ({exc})") from None
     if t.dim() != 1 or t.numel() == 0:
@@ -91,3 +100,24 @@ def check_number(value, name: str, *, low: float = float("-inf"), high: float = 
         bound = f"{'(' if low_open else '['}{low}, {high}]"
         raise ValueError(f"{name}: expected a value in {bound}, got {value}")
     return value
+
+
+def stack_losses(losses: Losses, num_tasks: Optional[int] = None) -> Tensor:
+    """The K scalar losses as a (K,) tensor (still attached to the graph)."""
+    if isinstance(losses, Tensor):
+        if losses.dim() != 1:
+            raise ValueError(f"losses: expected K scalar losses or a 1-D tensor, got shape {tuple(losses.shape)}")
+        stacked = losses
+    elif isinstance(losses, (list, tuple)) and losses:
+        for k, loss in enumerate(losses):
+            if not isinstance(loss, Tensor) or loss.numel() != 1:
+                raise ValueError(f"losses[{k}]: expected a scalar Tensor, got "
+                                 f"{tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__}")
+        stacked = torch.stack([loss.reshape(()) for loss in losses])
+    else:
+        raise TypeError(f"losses: expected a non-empty sequence of scalar tensors, got {type(losses).__name__}")
+    if not stacked.dtype.is_floating_point:
+        raise TypeError(f"losses: expected a floating dtype, got {stacked.dtype}")
+    if num_tasks is not None and stacked.numel() != num_tasks:
+        raise ValueError(f"losses: expected {num_tasks} losses (num_tasks), got {stacked.numel()}")
+    return stacked

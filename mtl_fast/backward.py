@@ -61,6 +61,10 @@ def backward(losses: Union[Tensor, Sequence[Tensor]], shared_params: Iterable[Te
             docs/distributed.md and :mod:`mtl_fast.distributed`.
         warn_unshared: warn when some ``shared_params`` are reached by one loss only (task-specific parameters
             passed as shared: the aggregator would change their gradients). Set False where that is meant.
+    An aggregator that reads the losses too (``aggregator.needs_losses``, e.g. DBMTL) is handed them, detached,
+    through ``aggregator.update_losses`` before its weights are computed (with ``process_group``, their mean over
+    the ranks).
+
     Returns:
         The (K,) float64 weights applied to the shared gradients (None for an aggregator that is not
         Gram-based).
@@ -100,6 +104,8 @@ def backward(losses: Union[Tensor, Sequence[Tensor]], shared_params: Iterable[Te
         raise ValueError("shared_params: none of them is reached by the losses")
     if warn_unshared:
         warn_if_unshared(losses, split.shared)
+    if aggregator.needs_losses:
+        aggregator.update_losses([loss.detach() for loss in losses])
     rows = TaskRows(split.shared, len(split.others), K)
     per_task_gradients(losses, split.shared + split.others, retain_graph, jacobian, rows.add_row)
     with torch.no_grad():
@@ -131,6 +137,11 @@ def _backward_across_ranks(losses: List[Tensor], shared: List[Tensor], aggregato
     fixed = _fixed_weights(aggregator, K, device)
     if fixed is None and warn_unshared:
         warn_if_unshared(losses, split.shared)
+    if aggregator.needs_losses:
+        # the losses of the global batch, so that every rank computes the same weights
+        mean_losses = torch.stack([loss.detach() for loss in losses])
+        dist.all_reduce(mean_losses, group=group)
+        aggregator.update_losses(mean_losses / dist.get_world_size(group))
     reducer = GradientReducer(shared, split.reached, split.others, K if fixed is None else 1, group)
     R = reducer.world_size
     if fixed is not None:

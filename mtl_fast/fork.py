@@ -48,7 +48,10 @@ def fork(features: Tensor, num_tasks: int, *, aggregator: Aggregator = Sum()) ->
     Args:
         features: the trunk's output.
         num_tasks: K, the number of heads (>= 1).
-        aggregator: how to combine the K feature gradients.
+        aggregator: how to combine the K feature gradients. One that reads the losses too
+            (``aggregator.needs_losses``, e.g. DBMTL) must be handed them with ``aggregator.update_losses(losses)``
+            before the backward; one whose ``representation_level_ok`` is False (ExcessMTL, MoCo: per-coordinate
+            state across steps) is refused.
     Returns:
         A tuple of K tensors aliasing ``features`` (do not modify them in place).
     """
@@ -63,4 +66,8 @@ def fork(features: Tensor, num_tasks: int, *, aggregator: Aggregator = Sum()) ->
     if not isinstance(aggregator, Aggregator):
         raise TypeError(f"aggregator: expected an mtl_fast Aggregator (e.g. mtl_fast.PCGrad()), got "
                         f"{type(aggregator).__name__}")
+    if not aggregator.representation_level_ok:
+        raise TypeError(f"aggregator: {type(aggregator).__name__} keeps per-coordinate state across steps, which "
+                        "on feature gradients (other samples every step) means nothing; use it with "
+                        "mtl_fast.backward on the shared parameters")
     return _Fork.apply(features, num_tasks, aggregator)

@@ -15,39 +15,17 @@ the Gram matrix (``weights(losses, G)``, or as an aggregator through ``GradNorm.
 from __future__ import annotations
 
 import copy
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_gram, check_number
+from ._checks import Losses, as_float_tensor, check_gram, check_number
+from ._checks import stack_losses as _stack_losses
 from .aggregation import GramAggregator
 
-__all__ = ["LossWeighting", "DWA", "UncertaintyWeighting", "GradNorm", "FAMO", "RLW"]
-
-Losses = Union[Tensor, Sequence[Tensor]]
-
-
-def _stack_losses(losses: Losses, num_tasks: Optional[int] = None) -> Tensor:
-    """The K scalar losses as a (K,) tensor (still attached to the graph)."""
-    if isinstance(losses, Tensor):
-        if losses.dim() != 1:
-            raise ValueError(f"losses: expected K scalar losses or a 1-D tensor, got shape {tuple(losses.shape)}")
-        stacked = losses
-    elif isinstance(losses, (list, tuple)) and losses:
-        for k, loss in enumerate(losses):
-            if not isinstance(loss, Tensor) or loss.numel() != 1:
-                raise ValueError(f"losses[{k}]: expected a scalar Tensor, got "
-                                 f"{tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__}")
-        stacked = torch.stack([loss.reshape(()) for loss in losses])
-    else:
-        raise TypeError(f"losses: expected a non-empty sequence of scalar tensors, got {type(losses).__name__}")
-    if not stacked.dtype.is_floating_point:
-        raise TypeError(f"losses: expected a floating dtype, got {stacked.dtype}")
-    if num_tasks is not None and stacked.numel() != num_tasks:
-        raise ValueError(f"losses: expected {num_tasks} losses (num_tasks), got {stacked.numel()}")
-    return stacked
-
+__all__ = ["LossWeighting", "DWA", "UncertaintyWeighting", "GradNorm", "FAMO", "RLW", "STCH", "GeometricMean", "IMTLL",
+           "PBI", "COSMOS"]
 
 class LossWeighting:
     """Base class: a rule giving per-task loss weights, step after step."""
@@ -322,3 +300,177 @@ class RLW(LossWeighting):
         if generator is not None:
             self.generator_state = generator.get_state()
         return torch.softmax(z, 0).to(stacked.device)
+
+
+class _ScalarisationWeighting(LossWeighting):
+    """A fixed scalarisation s(L) of the K losses: the weights are its gradient dS/dL_k at this step's losses, so
+    that ``weighted_losses`` / ``combine`` backpropagate exactly what s(L).backward() would. Stateless."""
+
+    def preference(self, K: int, device: torch.device) -> Tensor:
+        """The (K,) preference weights (checked against K) on ``device``."""
+        if self.pref.numel() != K:
+            raise ValueError(f"weights: has {self.pref.numel()} entries but there are {K} losses")
+        return self.pref.to(device)
+
+    def shifted(self, losses: Losses) -> Tensor:
+        """L - z: the detached float64 losses minus the reference point z (0 when None)."""
+        stacked = _stack_losses(losses).detach().double()
+        if self.reference is None:
+            return stacked
+        if self.reference.numel() != stacked.numel():
+            raise ValueError(f"reference: has {self.reference.numel()} entries but there are {stacked.numel()} "
+                             "losses")
+        return stacked - self.reference.to(stacked.device)
+
+
+def _optional_vector(values: Optional[Sequence[float]], name: str) -> Optional[Tensor]:
+    return None if values is None else as_float_tensor(values, name)
+
+
+class STCH(_ScalarisationWeighting):
+    """Smooth Tchebycheff scalarisation, "Smooth Tchebycheff Scalarization for Multi-Objective Optimization"
+    (Lin et al., ICML 2024), equation 9:
+
+    S(L) = mu log sum_k exp(lambda_k (L_k - z_k) / mu), a smooth upper bound of max_k lambda_k (L_k - z_k)
+    within mu log K. Weights dS/dL_k = lambda_k softmax(lambda (L - z) / mu)_k (they sum to 1 for lambda = 1);
+    ``combine`` has S's gradient (its value is sum_k w_k L_k, not S). mu -> 0 tends to the Tchebycheff
+    max, mu -> infinity to the lambda-weighted mean. Deviations from LibMTL 1.1.5's STCH: it applies the
+    formula to log(L / nadir) with a nadir point averaged over a warm-up epoch (the sum of log-losses before),
+    and multiplies S by K; here it is applied to the losses as given (pass ``torch.log(losses / nadir)`` for
+    that variant, and scale the learning rate for the K).
+
+    Args:
+        mu: the smoothing, > 0.
+        weights: the preference lambda, K non-negative numbers (default 1 each).
+        reference: the ideal point z, K numbers (default 0: losses are >= 0).
+    """
+
+    def __init__(self, mu: float, weights: Optional[Sequence[float]] = None,
+                 reference: Optional[Sequence[float]] = None) -> None:
+        self.mu = float(check_number(mu, "mu", low=0.0, low_open=True))
+        self.pref = _optional_vector(weights, "weights")
+        if self.pref is not None and (self.pref < 0).any():
+            raise ValueError(f"weights: every entry must be >= 0, got {self.pref.tolist()}")
+        self.reference = _optional_vector(reference, "reference")
+
+    def weights(self, losses: Losses) -> Tensor:
+        shifted = self.shifted(losses)
+        pref = torch.ones_like(shifted) if self.pref is None else self.preference(shifted.numel(), shifted.device)
+        return pref * torch.softmax(pref * shifted / self.mu, 0)
+
+
+class GeometricMean(_ScalarisationWeighting):
+    """Geometric loss strategy (GLS), "MultiNet++: Multi-Stream Feature Aggregation and Geometric Loss Strategy for
+    Multi-Task Learning" (Chennupati et al., CVPR Workshops 2019), equation 2:
+
+    S(L) = (prod_k L_k)^(1/K), weights dS/dL_k = S / (K L_k): a task's weight falls as its loss grows, and
+    the result does not depend on the losses' units. Losses are clamped at the smallest positive float64
+    (a zero loss would give an infinite weight). Same definition as LibMTL 1.1.5's GLS.
+    """
+
+    reference = None
+
+    def weights(self, losses: Losses) -> Tensor:
+        shifted = self.shifted(losses).clamp_min(torch.finfo(torch.float64).tiny)
+        return shifted.log().mean().exp() / (shifted.numel() * shifted)
+
+
+class PBI(_ScalarisationWeighting):
+    """Penalty-based boundary intersection, "MOEA/D: A Multiobjective Evolutionary Algorithm Based on
+    Decomposition" (Zhang & Li, IEEE TEC 2007), section II-C:
+
+    with u = lambda / |lambda| and r = L - z, S(L) = d1 + theta d2, d1 = r . u (the progress along the
+    preference direction), d2 = |r - d1 u| (the distance from it). Weights dS/dL = u + theta (r - d1 u) / d2
+    (u alone where d2 = 0); they can be negative (a task is pushed back towards the preference ray).
+
+    Args:
+        theta: the penalty on the distance from the ray, >= 0 (MOEA/D uses 5).
+        weights: the preference lambda, K non-negative numbers, not all 0.
+        reference: the ideal point z, K numbers (default 0).
+    """
+
+    def __init__(self, theta: float, weights: Sequence[float], reference: Optional[Sequence[float]] = None) -> None:
+        self.theta = float(check_number(theta, "theta", low=0.0))
+        self.pref = as_float_tensor(weights, "weights")
+        if (self.pref < 0).any() or not (self.pref > 0).any():
+            raise ValueError(f"weights: expected non-negative entries, not all 0, got {self.pref.tolist()}")
+        self.reference = _optional_vector(reference, "reference")
+
+    def weights(self, losses: Losses) -> Tensor:
+        r = self.shifted(losses)
+        u = self.preference(r.numel(), r.device)
+        u = u / u.norm()
+        off_ray = r - (r @ u) * u
+        distance = off_ray.norm()
+        return u + self.theta * torch.where(distance > 0, off_ray / torch.where(distance > 0, distance, 1.0), 0.0)
+
+
+class COSMOS(_ScalarisationWeighting):
+    """COSMOS's loss, "Scalable Pareto Front Approximations for Deep Multi-Objective Learning" (Ruchte &
+    Grabocka, ICDM 2021), equation 5:
+
+    S(L) = r . L - lambda cos(r, L), the preference-weighted sum with a pull of L's direction towards the
+    preference ray r. Weights dS/dL = r - lambda (r / (|r| |L|) - (r . L) L / (|r| |L|^3)) (r alone at L = 0).
+    Only the loss: COSMOS also feeds r to the network (FiLM conditioning) and samples it per batch from a
+    Dirichlet; do that in the model and set ``weighting.pref`` per batch.
+
+    Args:
+        lambda_: the cosine penalty, >= 0.
+        weights: the preference ray r, K non-negative numbers, not all 0.
+    """
+
+    reference = None
+
+    def __init__(self, lambda_: float, weights: Sequence[float]) -> None:
+        self.lambda_ = float(check_number(lambda_, "lambda_", low=0.0))
+        self.pref = as_float_tensor(weights, "weights")
+        if (self.pref < 0).any() or not (self.pref > 0).any():
+            raise ValueError(f"weights: expected non-negative entries, not all 0, got {self.pref.tolist()}")
+
+    def weights(self, losses: Losses) -> Tensor:
+        L = self.shifted(losses)
+        r = self.preference(L.numel(), L.device)
+        norm = L.norm()
+        safe = torch.where(norm > 0, norm, 1.0)
+        cosine_gradient = r / (r.norm() * safe) - (r @ L) * L / (r.norm() * safe ** 3)
+        return r - self.lambda_ * torch.where(norm > 0, cosine_gradient, 0.0)
+
+
+class IMTLL(nn.Module, LossWeighting):
+    """IMTL-L, the loss balancing of "Towards Impartial Multi-task Learning" (Liu et al., ICLR 2021), section 3.2:
+    learned scales s_k (init 0), term_k = exp(s_k) L_k - s_k, weights w_k = exp(s_k).
+
+    Minimising term_k over s_k drives exp(s_k) L_k to 1: every scaled loss is pushed to the same value, whatever
+    its units. An ``nn.Module``: give its parameters to the optimizer. ``weighted_losses`` returns the term_k (the
+    -s_k only reaches s_k, so aggregators see the scaled task gradients exp(s_k) g_k). The paper's full IMTL is
+    IMTL-L on the losses and IMTL-G on their gradients::
+
+        imtl_l = mf.loss_weighting.IMTLL(K)
+        optimizer = torch.optim.SGD([*model.parameters(), *imtl_l.parameters()], lr=0.1)
+        mf.backward(imtl_l.weighted_losses(losses), model.trunk.parameters(), aggregator=mf.IMTLG())
+        optimizer.step()
+
+    Args:
+        num_tasks: K >= 1.
+    """
+
+    def __init__(self, num_tasks: int) -> None:
+        super().__init__()
+        self.num_tasks = check_number(num_tasks, "num_tasks", low=1, integer=True)
+        self.scales = nn.Parameter(torch.zeros(num_tasks))
+
+    def weights(self, losses: Losses) -> Tensor:
+        stacked = _stack_losses(losses, self.num_tasks)
+        return torch.exp(self.scales.detach()).double().to(stacked.device)
+
+    def weighted_losses(self, losses: Losses) -> List[Tensor]:
+        stacked = _stack_losses(losses, self.num_tasks)
+        s = self.scales.to(stacked.device)
+        return list((torch.exp(s) * stacked - s).unbind())
+
+    def forward(self, losses: Losses) -> Tensor:
+        """Same as :meth:`combine`."""
+        return self.combine(losses)
+
+    state_dict = nn.Module.state_dict
+    load_state_dict = nn.Module.load_state_dict

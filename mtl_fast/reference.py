@@ -453,22 +453,9 @@ def aligned_mtl(J: Tensor, u: Tensor, scale_mode: str = "min") -> Tensor:
 
 
 def nash_mtl(G: Tensor, iterations: int = 500) -> Tensor:
-    """Nash-MTL (Navon et al. 2022): beta > 0 with G beta = 1 / beta, found by L-BFGS on log(beta) for the
-    convex f(beta) = 1/2 beta^T G beta - sum log beta."""
-    G = G.double()
-    log_beta = torch.zeros(G.shape[0], dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_beta], max_iter=iterations, tolerance_grad=1e-14, tolerance_change=1e-16,
-                                  line_search_fn="strong_wolfe")
-
-    def closure():
-        optimizer.zero_grad()
-        beta = log_beta.exp()
-        value = 0.5 * beta @ G @ beta - log_beta.sum()
-        value.backward()
-        return value
-
-    optimizer.step(closure)
-    return log_beta.detach().exp()
+    """Nash-MTL (Navon et al. 2022): beta > 0 with G beta = 1 / beta, FairGrad's equation at alpha = 1 (see
+    :func:`fairgrad`: L-BFGS on log(beta) for the convex f(beta) = 1/2 beta^T G beta - sum log beta)."""
+    return fairgrad(G, 1.0, iterations)
 
 
 def graddrop(J: Tensor, draw: Tensor, leak: Tensor) -> Tensor:
@@ -480,3 +467,188 @@ def graddrop(J: Tensor, draw: Tensor, leak: Tensor) -> Tensor:
         mask = ((purity > draw) & (J[k] > 0)) | ((purity < draw) & (J[k] < 0))
         out = out + (leak[k] + (1 - leak[k]) * mask.double()) * J[k]
     return out
+
+
+# Method zoo II (mtl_fast.aggregation and mtl_fast.loss_weighting): oracles on J, or on the losses, as the papers
+# state them. The stateful ones run a whole sequence of steps and return every step's update.
+
+__all__ += ["config", "fairgrad", "sdmgrad", "modo", "crmogm", "krum", "trimmed_mean", "excess_mtl", "moco",
+            "dbmtl", "random_weights", "stch", "geometric_mean", "pbi", "cosmos", "imtl_l"]
+
+
+def config(J: Tensor, pref: Tensor) -> Tensor:
+    """ConFIG (Liu et al. 2024), equation 2: v = pinv(U) p for the unit gradients U, d = (sum_k g_k . v^) v^."""
+    J = J.double()
+    units = torch.nan_to_num(J / J.norm(dim=1, keepdim=True), nan=0.0)
+    v = torch.linalg.pinv(units) @ pref.double()
+    unit = v / v.norm()
+    return (J @ unit).sum() * unit
+
+
+def fairgrad(G: Tensor, alpha: float, iterations: int = 500) -> Tensor:
+    """FairGrad (Ban & Ji 2024): w > 0 with G w = w^(-1/alpha), found by L-BFGS on log(w) for the convex
+    f(w) = 1/2 w^T G w - sum_k h(w_k), h' = w^(-1/alpha) (alpha = 1: Nash-MTL, see :func:`nash_mtl`)."""
+    G = G.double()
+    log_w = torch.zeros(G.shape[0], dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_w], max_iter=iterations, tolerance_grad=1e-14, tolerance_change=1e-16,
+                                  line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        w = log_w.exp()
+        barrier = log_w.sum() if alpha == 1 else (w ** (1 - 1 / alpha)).sum() / (1 - 1 / alpha)
+        value = 0.5 * w @ G @ w - barrier
+        value.backward()
+        return value
+
+    optimizer.step(closure)
+    return log_w.detach().exp()
+
+
+def sdmgrad(Js: Sequence[Tensor], lambda_: float, lr: float, momentum: float, n_iter: int,
+            target: Tensor) -> List[Tensor]:
+    """SDMGrad (Xiao et al. 2023), Algorithm 1, one-batch form: per step, n_iter projected SGD steps with
+    momentum on w for 1/2 |J^T w + lambda J^T w~|^2 / s (s = mean_k |g_k| squared), started from the last w;
+    d = (J^T w + lambda J^T w~) / (1 + lambda). Returns every step's d."""
+    K = Js[0].shape[0]
+    w = torch.full((K,), 1.0 / K, dtype=torch.float64)
+    updates = []
+    for J in Js:
+        J = J.double()
+        scale = J.norm(dim=1).mean() ** 2
+        velocity = torch.zeros(K, dtype=torch.float64)
+        for _ in range(n_iter):
+            gradient = J @ (J.T @ w + lambda_ * J.T @ target) / scale
+            velocity = momentum * velocity + gradient
+            w = _project_simplex(w - lr * velocity)
+        updates.append((J.T @ w + lambda_ * J.T @ target) / (1 + lambda_))
+    return updates
+
+
+def modo(Js: Sequence[Tensor], gamma: float, rho: float) -> List[Tensor]:
+    """MoDo (Chen et al. 2023), Algorithm 1, one-batch form: lambda <- Pi(lambda - gamma (J J^T lambda + rho
+    lambda)) from 1/K, d = J^T lambda. Returns every step's d."""
+    K = Js[0].shape[0]
+    lam = torch.full((K,), 1.0 / K, dtype=torch.float64)
+    updates = []
+    for J in Js:
+        J = J.double()
+        lam = _project_simplex(lam - gamma * (J @ (J.T @ lam) + rho * lam))
+        updates.append(J.T @ lam)
+    return updates
+
+
+def crmogm(weights: Sequence[Tensor], alpha: float) -> List[Tensor]:
+    """CR-MOGM (Zhou et al. 2022): lambda_t = alpha lambda_{t-1} + (1 - alpha) lambda^_t, lambda_0 = lambda^_1."""
+    smoothed, previous = [], weights[0].double()
+    for current in weights:
+        previous = alpha * previous + (1 - alpha) * current.double()
+        smoothed.append(previous)
+    return smoothed
+
+
+def krum(J: Tensor, n_byzantine: int, n_selected: int) -> Tensor:
+    """(Multi-)Krum (Blanchard et al. 2017): score(i) = sum of |g_i - g_j|^2 over the K - f - 2 nearest j != i;
+    the mean of the n_selected lowest-scoring gradients (ties to the lower index)."""
+    J = J.double()
+    K = J.shape[0]
+    scores = []
+    for i in range(K):
+        distances = sorted(float((J[i] - J[j]).norm() ** 2) for j in range(K) if j != i)
+        scores.append(sum(distances[: K - n_byzantine - 2]))
+    chosen = sorted(range(K), key=lambda i: (scores[i], i))[:n_selected]
+    return J[chosen].mean(0)
+
+
+def trimmed_mean(J: Tensor, trim_number: int) -> Tensor:
+    """The coordinate-wise trimmed mean (Yin et al. 2018): per coordinate, drop the trim_number largest and
+    smallest values and average the rest."""
+    J = J.double()
+    out = torch.empty(J.shape[1], dtype=torch.float64)
+    for p in range(J.shape[1]):
+        values = sorted(J[:, p].tolist())
+        out[p] = sum(values[trim_number: len(values) - trim_number]) / (len(values) - 2 * trim_number)
+    return out
+
+
+def excess_mtl(Js: Sequence[Tensor], robust_step_size: float, n_warmup_steps: int) -> List[Tensor]:
+    """ExcessMTL (He et al. 2024), Algorithm 1: S += g^2, E_k = sum g_k^2 / sqrt(S_k + 1e-7), uniform weights
+    during the warm-up, then alpha_k <- alpha_k exp(eta E_k / E0_k) / normaliser. Returns every step's update."""
+    K = Js[0].shape[0]
+    S = torch.zeros_like(Js[0], dtype=torch.float64)
+    alpha = torch.full((K,), 1.0 / K, dtype=torch.float64)
+    warmup, baseline, updates = torch.zeros(K, dtype=torch.float64), None, []
+    for step, J in enumerate(Js, start=1):
+        J = J.double()
+        S = S + J ** 2
+        excess = (J ** 2 / (S + 1e-7).sqrt()).sum(1)
+        if step <= n_warmup_steps:
+            warmup = warmup + excess
+        else:
+            if baseline is None:
+                baseline = warmup / n_warmup_steps if n_warmup_steps else excess
+            alpha = alpha * torch.exp(robust_step_size * excess / baseline)
+            alpha = alpha / alpha.sum()
+        updates.append(J.T @ alpha)
+    return updates
+
+
+def moco(Js: Sequence[Tensor], beta: float, beta_sigma: float, gamma: float, gamma_sigma: float,
+         rho: float) -> List[Tensor]:
+    """MoCo (Fernando et al. 2023), Algorithm 1: y_k <- y_k - beta_t (y_k - g_k) from 0, lambda <- Pi(lambda -
+    gamma_t (Y Y^T + rho I) lambda) from 1/K, d = Y^T lambda. Returns every step's d."""
+    K = Js[0].shape[0]
+    Y = torch.zeros_like(Js[0], dtype=torch.float64)
+    lam = torch.full((K,), 1.0 / K, dtype=torch.float64)
+    updates = []
+    for t, J in enumerate(Js, start=1):
+        Y = Y - beta / t ** beta_sigma * (Y - J.double())
+        lam = _project_simplex(lam - gamma / t ** gamma_sigma * (Y @ Y.T + rho * torch.eye(K, dtype=Y.dtype)) @ lam)
+        updates.append(Y.T @ lam)
+    return updates
+
+
+def dbmtl(Js: Sequence[Tensor], losses: Sequence[Tensor], beta: float, beta_sigma: float) -> List[Tensor]:
+    """DB-MTL (Lin et al. 2023), Algorithm 1, as the paper (and LibMTL) state it, with the gradient VECTORS
+    averaged: h_k = g_k / (L_k + 1e-8), buffer <- h + beta_t (buffer - h) from 0,
+    d = sum_k (max_i |buffer_i| / |buffer_k|) buffer_k. Returns every step's d. (mtl_fast.DBMTL averages the
+    norms instead; the two agree for beta = 0.)"""
+    buffer, updates = None, []
+    for t, (J, L) in enumerate(zip(Js, losses), start=1):
+        h = J.double() / (L.double()[:, None] + 1e-8)
+        buffer = h + beta / t ** beta_sigma * ((torch.zeros_like(h) if buffer is None else buffer) - h)
+        norms = buffer.norm(dim=1)
+        updates.append(((norms.max() / norms)[:, None] * buffer).sum(0))
+    return updates
+
+
+def random_weights(z: Tensor) -> Tensor:
+    """RLW / random gradient weighting (Lin et al. 2022), for the standard normal draw z: softmax(z)."""
+    return torch.softmax(z.double(), 0)
+
+
+def stch(losses: Tensor, mu: float, pref: Tensor, reference: Tensor) -> Tensor:
+    """Smooth Tchebycheff (Lin et al. 2024), equation 9: mu log sum_k exp(lambda_k (L_k - z_k) / mu)."""
+    return mu * torch.logsumexp(pref * (losses - reference) / mu, 0)  # log(sum(exp)), without overflow
+
+
+def geometric_mean(losses: Tensor) -> Tensor:
+    """GLS (Chennupati et al. 2019): (prod_k L_k)^(1/K)."""
+    return losses.prod() ** (1.0 / losses.numel())
+
+
+def pbi(losses: Tensor, theta: float, pref: Tensor, reference: Tensor) -> Tensor:
+    """PBI (Zhang & Li 2007): d1 + theta d2, d1 = (L - z) . lambda / |lambda|, d2 = |L - z - d1 lambda / |lambda||."""
+    direction = pref / pref.norm()
+    d1 = (losses - reference) @ direction
+    return d1 + theta * (losses - reference - d1 * direction).norm()
+
+
+def cosmos(losses: Tensor, lambda_: float, pref: Tensor) -> Tensor:
+    """COSMOS (Ruchte & Grabocka 2021), equation 5: r . L - lambda cos(r, L)."""
+    return pref @ losses - lambda_ * (pref @ losses) / (pref.norm() * losses.norm())
+
+
+def imtl_l(losses: Tensor, scales: Tensor) -> Tensor:
+    """IMTL-L (Liu et al. 2021): sum_k exp(s_k) L_k - s_k."""
+    return (torch.exp(scales) * losses - scales).sum()

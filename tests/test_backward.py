@@ -147,3 +147,19 @@ def test_training_the_origin_network_with_adam_reduces_the_loss():
         mf.backward(losses, model.trunk.parameters(), aggregator=mf.PCGrad(seed=0))
         opt.step()
     assert sum(model.losses(model(x), ys)).item() < 0.5 * first
+
+
+def test_an_aggregator_that_reads_the_losses_gets_them():
+    """DBMTL's weights need the step's losses: backward hands them over (detached) before weights(G), so the
+    result equals handing them over by hand and combining the per-task gradients with those weights."""
+    model, x, ys = origin_batch(K=3, batch=4)
+    trunk = list(model.trunk.parameters())
+    losses = model.losses(model(x), ys)
+    J = [torch.stack(rows) for rows in zip(*(torch.autograd.grad(l, trunk, retain_graph=True) for l in losses))]
+    by_hand = mf.DBMTL()
+    by_hand.update_losses([loss.detach() for loss in losses])
+    expected = mf.reference.combine(J, by_hand.weights(mf.gram(J)))
+    weights = mf.backward(losses, trunk, aggregator=mf.DBMTL())
+    assert weights.shape == (3,)
+    for p, e in zip(trunk, expected):
+        torch.testing.assert_close(p.grad, e, rtol=1e-9, atol=1e-12)

@@ -146,3 +146,18 @@ def test_fork_rejects_bad_arguments(args, exc, match):
         mf.fork(*args)
     with pytest.raises(TypeError, match="aggregator: expected an mtl_fast Aggregator"):
         mf.fork(torch.zeros(2), 2, aggregator=None)
+
+
+def test_task_specific_parameters_passed_as_shared_are_reported():
+    """All the model's parameters as shared_params: the heads are reached by one loss each, and PCGrad would change
+    their gradients; backward says so once, and warn_unshared=False silences it."""
+    import warnings
+
+    from helpers import origin_batch
+    model, x, ys = origin_batch(K=3, batch=4)
+    losses = model.losses(model(x), ys)
+    with pytest.warns(UserWarning, match=r"6 of the \d+ shared_params are reached by one loss only"):
+        mf.backward(losses, model.parameters(), aggregator=mf.PCGrad(seed=0), retain_graph=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mf.backward(losses, model.parameters(), aggregator=mf.PCGrad(seed=0), warn_unshared=False)

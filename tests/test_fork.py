@@ -82,3 +82,17 @@ def test_fork_gradients_flow_with_float32_and_adam():
         loss.backward()
         opt.step()
     assert sum(model.losses(model(x), ys)).item() < 0.5 * first
+
+
+@pytest.mark.parametrize("make", [mf.ExcessMTL, mf.MoCo])
+def test_aggregators_with_per_coordinate_state_are_refused(make):
+    features = torch.randn(4, 3, requires_grad=True)
+    with pytest.raises(TypeError, match=r"aggregator: .* per-coordinate state"):
+        mf.fork(features, 2, aggregator=make())
+
+
+def test_an_alias_without_a_gradient_is_reported():
+    features = torch.randn(4, 3, requires_grad=True)
+    feats = mf.fork(features, 3, aggregator=mf.MGDA())
+    with pytest.warns(UserWarning, match=r"tasks \[2\] received no gradient"):
+        (feats[0].sum() + feats[1].pow(2).sum()).backward()

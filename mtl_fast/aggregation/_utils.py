@@ -1,4 +1,5 @@
-"""Small pieces several methods share: seeded random generators per device, and the preference vector."""
+"""Small pieces several methods share: seeded random generators per device, the preference vector, the projection
+onto the simplex, and the losses handed to an aggregator that needs them."""
 from __future__ import annotations
 
 from typing import Dict, Optional, Sequence
@@ -6,7 +7,7 @@ from typing import Dict, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .._checks import as_float_tensor
+from .._checks import Losses, as_float_tensor, stack_losses
 
 
 class DeviceGenerators:
@@ -60,3 +61,34 @@ def preference(pref_vector: Optional[Tensor], K: int, device: torch.device) -> T
     if pref_vector.numel() != K:
         raise ValueError(f"pref_vector: has {pref_vector.numel()} entries but there are {K} tasks")
     return pref_vector.to(device)
+
+
+def project_onto_simplex(y: Tensor) -> Tensor:
+    """The Euclidean projection of ``y`` (..., K) onto the probability simplex, along the last dimension.
+
+    Sort-based (Held et al. 1974; Duchi et al. 2008): with s sorted in decreasing order, the support is the
+    largest r with s_r > (sum_{i <= r} s_i - 1) / r and the threshold is that mean. The support is gathered, not
+    read, so the projection never synchronises with a GPU."""
+    s = y.sort(dim=-1, descending=True).values
+    cumulative = s.cumsum(-1) - 1.0
+    rank = torch.arange(1, y.shape[-1] + 1, dtype=y.dtype, device=y.device)
+    support = (s - cumulative / rank > 0).sum(-1, keepdim=True).clamp_min(1)  # s_1 always qualifies
+    threshold = cumulative.gather(-1, support - 1) / support.to(y.dtype)
+    return (y - threshold).clamp_min(0.0)
+
+
+def checked_losses(losses: Losses, K: Optional[int] = None) -> Tensor:
+    """The K task losses handed to an aggregator (a 1-D tensor or a sequence of scalar tensors), detached, as a
+    (K,) float64 tensor."""
+    return stack_losses(losses, K).detach().double()
+
+
+def symmetric_pinv_apply(M: Tensor, rhs: Tensor) -> Tensor:
+    """M^+ rhs for a symmetric positive semi-definite M (K x K), by its eigendecomposition: eigenvalues below
+    K * eps * the largest count as zero, so linearly dependent (identical, opposite, zero) gradients give a finite
+    answer, the minimum-norm least-squares one."""
+    eigenvalues, vectors = torch.linalg.eigh(M)
+    cutoff = eigenvalues.amax().clamp_min(0.0) * M.shape[0] * torch.finfo(M.dtype).eps
+    keep = eigenvalues > cutoff
+    inverse = torch.where(keep, 1.0 / torch.where(keep, eigenvalues, 1.0), 0.0)
+    return vectors @ (inverse * (vectors.T @ rhs))

@@ -20,7 +20,20 @@ __all__ = ["Aggregator", "Weighting", "FixedWeighting", "GramAggregator"]
 
 
 class Aggregator(ABC):
-    """Maps the per-task gradients J (K rows) of the shared parameters to one combined gradient."""
+    """Maps the per-task gradients J (K rows) of the shared parameters to one combined gradient.
+
+    Two class attributes tell the entry points what a method can take:
+
+    - ``needs_losses``: the method also reads this step's K loss values. :func:`mtl_fast.backward` and the Gram
+      engine call ``aggregator.update_losses(losses)`` (the K losses, detached) before ``weights(G)`` /
+      ``aggregate_chunks``; with :func:`mtl_fast.fork` the caller does, before the backward.
+    - ``representation_level_ok``: the method is meaningful on the K feature gradients of
+      :func:`mtl_fast.fork` (each flattened over batch x features). False for methods that keep per-coordinate
+      state across steps (K x P buffers), which on features would mix different samples from step to step.
+    """
+
+    needs_losses: bool = False
+    representation_level_ok: bool = True
 
     @abstractmethod
     def aggregate_chunks(self, J: List[Tensor]) -> List[Tensor]:

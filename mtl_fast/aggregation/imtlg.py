@@ -6,6 +6,7 @@ from torch import Tensor
 
 from .._checks import check_gram
 from .._nonfinite import finite_or_zero, nan_unless
+from ._utils import symmetric_pinv_apply
 from .bases import GramAggregator, Weighting
 
 __all__ = ["IMTLG", "IMTLGWeighting"]
@@ -17,11 +18,7 @@ class IMTLGWeighting(Weighting):
     def __call__(self, G: Tensor) -> Tensor:
         check_gram(G)
         G, finite = finite_or_zero(G.double())  # eigh would raise on a NaN
-        eigenvalues, vectors = torch.linalg.eigh(G)
-        cutoff = eigenvalues.amax().clamp_min(0.0) * G.shape[0] * torch.finfo(G.dtype).eps
-        keep = eigenvalues > cutoff
-        inverse = torch.where(keep, 1.0 / torch.where(keep, eigenvalues, 1.0), 0.0)
-        v = vectors @ (inverse * (vectors.T @ G.diagonal().clamp_min(0.0).sqrt()))
+        v = symmetric_pinv_apply(G, G.diagonal().clamp_min(0.0).sqrt())
         total = v.sum()
         degenerate = total.abs() <= 1e-12 * v.abs().sum()
         w = torch.where(degenerate, torch.zeros_like(v), v / torch.where(degenerate, 1.0, total))

@@ -6,10 +6,10 @@ from typing import Dict, Optional
 import torch
 from torch import Tensor
 
-from .. import reference
 from .._checks import check_gram, check_number
 from .._nonfinite import finite_or_zero, nan_unless
 from .bases import GramAggregator, Weighting
+from .fairgrad import solve_alpha_fair
 
 __all__ = ["NashMTL", "NashMTLWeighting"]
 
@@ -39,24 +39,9 @@ class NashMTLWeighting(Weighting):
         self.last_beta = None if last_beta is None else last_beta.detach().clone().double()
 
     def solve(self, G: Tensor) -> Tensor:
-        """beta > 0 with G beta = 1 / beta, up to the 1e-10 |G|_F I term (no clipping, no state)."""
-        G = G.double()
-        K = G.shape[0]
-        norm = torch.linalg.matrix_norm(G)
-        # The log barrier keeps Newton well conditioned, so a much smaller term than the QPs' suffices here.
-        M = torch.where(norm > 0, G / torch.where(norm > 0, norm, 1.0), 0.0) \
-            + 1e-10 * torch.eye(K, dtype=G.dtype, device=G.device)
-        beta = M.diagonal().rsqrt()  # exact when the gradients are orthogonal
-        for iteration in range(self.optim_niter):
-            gradient = M @ beta - 1.0 / beta
-            hessian = M + torch.diag(beta ** -2)
-            step = torch.linalg.solve_ex(hessian, gradient)[0]
-            decrement_sq = (step @ gradient).clamp_min(0.0)
-            decrement = decrement_sq.sqrt()
-            beta = beta - torch.where(decrement < 0.25, 1.0, 1.0 / (1.0 + decrement)) * step
-            if reference.should_stop(decrement_sq < 1e-20, iteration):
-                break
-        return torch.where(norm > 0, beta / torch.where(norm > 0, norm, 1.0).sqrt(), 0.0)
+        """beta > 0 with G beta = 1 / beta, up to the 1e-10 |G|_F I term (no clipping, no state): FairGrad's
+        equation at alpha = 1."""
+        return solve_alpha_fair(G, 1.0, self.optim_niter)
 
     def __call__(self, G: Tensor) -> Tensor:
         K = check_gram(G)
@@ -90,7 +75,9 @@ class NashMTL(GramAggregator):
     Solver: G beta = 1 / beta is the stationarity condition of the strictly convex
     f(beta) = 1/2 beta^T G beta - sum log beta_k, minimised by damped Newton steps (step 1 / (1 + Newton
     decrement) until the decrement is below 1/4, then full steps, which keeps beta > 0), at most ``optim_niter``
-    steps (paper's default 20), stopping when the squared Newton decrement is below 1e-20. A 1e-10 I term keeps
+    steps (paper's default 20), stopping when |G beta - 1 / beta| <= 1e-10 max(1 / beta) on the normalised G:
+    FairGrad's solver
+    (:func:`~mtl_fast.aggregation.fairgrad.solve_alpha_fair`) at alpha = 1. A 1e-10 I term keeps
     the problem bounded when the gradients are linearly dependent (the paper assumes they are not; e.g.
     opposite gradients have no solution). Instead of the paper's sequence of convex programs (CCP via cvxpy), the
     solution is reached to Newton accuracy: results differ from the official / TorchJD ones by their CCP error.

@@ -1,0 +1,180 @@
+"""Method zoo II on the CPU: weights(G) for K = 2..64 against TorchJD 0.18 on the same G, and a training step
+on the origin network at both levels against PCGrad and the per-task loop.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_zoo2.py [--repeat N] [--steps]
+
+Medians of N rounds, the candidates interleaved round by round (the machine may be shared). TorchJD's
+weightings take G itself where they are Gram-based (FairGrad, SDMGrad, MoDo, CR-MOGM, Krum); its ConFIG,
+Random, TrimmedMean and ExcessMTL take the matrix J (K x 4K here), so for those the comparison includes what
+each needs as input: our weights(G) against their aggregation of J (ConFIG, Random), and both aggregations of
+J for the methods that are not Gram-based. DBMTL and MoCo have no TorchJD counterpart (LibMTL only).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+import mtl_fast as mf
+from mtl_fast.models import MultiTaskNet
+
+KS = (2, 4, 8, 16, 32, 64)
+
+
+def side_by_side(fns: Dict[str, Callable[[], object]], repeat: int, inner: int = 10) -> Dict[str, float]:
+    """Median microseconds per call of each function, timed in interleaved rounds of ``inner`` calls."""
+    samples: Dict[str, List[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            samples[name].append((time.perf_counter() - start) / inner)
+    return {name: statistics.median(times) * 1e6 for name, times in samples.items()}
+
+
+def jacobian(K: int, seed: int = 0) -> torch.Tensor:
+    """K random gradients of 4K entries with one conflicting pair."""
+    J = torch.randn(K, 4 * K, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    J[1] = -J[0] + 0.3 * J[1]
+    return J
+
+
+def with_losses(aggregator: mf.GramAggregator, K: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """weights(G) of an aggregator that reads the losses, handed fixed ones each call."""
+    losses = torch.linspace(0.5, 2.0, K, dtype=torch.float64)
+
+    def weights(G: torch.Tensor) -> torch.Tensor:
+        aggregator.update_losses(losses)
+        return aggregator.weights(G)
+    return weights
+
+
+def weights_pairs(K: int, J: torch.Tensor, tj) -> Dict[str, Dict[str, Optional[Callable[[], object]]]]:
+    """For each method: our call and TorchJD's (None where it has none), on the same G (or J)."""
+    G = J @ J.T
+    ours_gram = {
+        "ConFIG": mf.ConFIG(), "FairGrad(1)": mf.FairGrad(1.0), "FairGrad(2)": mf.FairGrad(2.0),
+        "SDMGrad": mf.SDMGrad(), "MoDo": mf.MoDo(), "CRMOGM(IMTLG)": mf.CRMOGM(mf.IMTLG()),
+        "Krum(1)": mf.Krum(1) if K >= 4 else None, "Random": mf.Random(seed=0),
+    }
+    theirs: Dict[str, Optional[Callable[[], object]]] = {name: None for name in ours_gram}
+    if tj is not None:
+        theirs.update({
+            "ConFIG": lambda: tj.ConFIG()(J),  # TorchJD's ConFIG aggregates J
+            "FairGrad(1)": (lambda w=tj.FairGradWeighting(1.0): w(G)),
+            "FairGrad(2)": (lambda w=tj.FairGradWeighting(2.0): w(G)),
+            "SDMGrad": (lambda w=tj.SDMGradWeighting(): w(G)), "MoDo": (lambda w=tj.MoDoWeighting(): w(G)),
+            "CRMOGM(IMTLG)": (lambda w=tj.CRMOGMWeighting(tj.IMTLGWeighting()): w(G)),
+            "Krum(1)": (lambda w=tj.KrumWeighting(1): w(G)) if K >= 4 else None,
+            "Random": lambda a=tj.Random(): a(J),  # TorchJD's Random aggregates J
+        })
+    pairs = {name: {"ours": None if agg is None else (lambda a=agg: a.weights(G)), "torchjd": theirs[name]}
+             for name, agg in ours_gram.items()}
+    pairs["DBMTL"] = {"ours": lambda w=with_losses(mf.DBMTL(), K): w(G), "torchjd": None}
+    on_j = {"TrimmedMean(1)": (mf.TrimmedMean(1), None if tj is None else tj.TrimmedMean(1)),
+            "ExcessMTL": (mf.ExcessMTL(), None if tj is None else tj.ExcessMTL()), "MoCo": (mf.MoCo(), None)}
+    for name, (agg, peer) in on_j.items():
+        if name == "TrimmedMean(1)" and K < 3:
+            continue
+        pairs[name + " on J"] = {"ours": lambda a=agg: mf.aggregate(J, a),
+                                 "torchjd": None if peer is None else (lambda p=peer: p(J))}
+    return pairs
+
+
+def weights_table(repeat: int) -> None:
+    try:
+        import torchjd.aggregation as tj
+    except ImportError:
+        tj = None
+        print("torchjd not installed: ours only (pip install torchjd==0.18.0)")
+    rows: Dict[str, Dict[int, str]] = {}
+    for K in KS:
+        J = jacobian(K)
+        for name, pair in weights_pairs(K, J, tj).items():
+            fns = {side: fn for side, fn in pair.items() if fn is not None}
+            if not fns:
+                continue
+            t = side_by_side(fns, repeat)
+            cell = f"{t['ours']:.0f}" if "ours" in t else "-"
+            if "torchjd" in t:
+                cell += f" / {t['torchjd']:.0f} ({t['torchjd'] / t['ours']:.1f}x)"
+            rows.setdefault(name, {})[K] = cell
+    print("\nweights(G) [or aggregation of J], median us: ours / TorchJD 0.18 (TorchJD time / ours)")
+    print("| method | " + " | ".join(f"K={K}" for K in KS) + " |")
+    print("|---|" + "---|" * len(KS))
+    for name, cells in rows.items():
+        print(f"| {name} | " + " | ".join(cells.get(K, "n/a") for K in KS) + " |")
+
+
+def step_table(repeat: int, K: int = 3, batch: int = 32) -> None:
+    """One training step (forward, backward through mf.backward or mf.fork, no optimiser) on the origin
+    network, per method, against PCGrad at the same level and the per-task loop (K backward passes)."""
+    torch.manual_seed(0)
+    model = MultiTaskNet([10] * K)
+    x = torch.randn(batch, 3, 28, 28)
+    ys = [torch.randint(0, 10, (batch,)) for _ in range(K)]
+    shared = list(model.trunk.parameters())
+
+    def parameter_level(agg):
+        def step():
+            model.zero_grad(set_to_none=True)
+            losses = model.losses(model(x), ys)
+            if agg.needs_losses:
+                agg.update_losses(losses)
+            mf.backward(losses, shared, aggregator=agg)
+        return step
+
+    def representation_level(agg):
+        def step():
+            model.zero_grad(set_to_none=True)
+            features = mf.fork(model.trunk(x), K, aggregator=agg)
+            losses = model.losses([head(f) for head, f in zip(model.task_heads, features)], ys)
+            if agg.needs_losses:
+                agg.update_losses(losses)
+            sum(losses).backward()
+        return step
+
+    def per_task_loop():
+        model.zero_grad(set_to_none=True)
+        losses = model.losses(model(x), ys)
+        for k, loss in enumerate(losses):
+            torch.autograd.grad(loss, shared, retain_graph=k < K - 1)
+
+    methods = {"PCGrad": lambda: mf.PCGrad(seed=0), "ConFIG": mf.ConFIG, "FairGrad": mf.FairGrad,
+               "SDMGrad": mf.SDMGrad, "MoDo": mf.MoDo, "CRMOGM(MGDA)": lambda: mf.CRMOGM(mf.MGDA()),
+               "Krum(0)": lambda: mf.Krum(0), "Random": lambda: mf.Random(seed=0), "DBMTL": mf.DBMTL,
+               "TrimmedMean(1)": lambda: mf.TrimmedMean(1), "ExcessMTL": mf.ExcessMTL, "MoCo": mf.MoCo}
+    fns = {"per-task loop": per_task_loop}
+    for name, make in methods.items():
+        fns[f"{name} backward"] = parameter_level(make())
+        agg = make()
+        if agg.representation_level_ok:
+            fns[f"{name} fork"] = representation_level(agg)
+    t = side_by_side(fns, repeat, inner=1)
+    print(f"\ntraining step, origin network, K = {K}, batch {batch}, median ms (ratio to PCGrad at that level)")
+    for name, us in t.items():
+        level = "backward" if name.endswith("backward") else "fork"
+        base = t.get(f"PCGrad {level}")
+        ratio = "" if name == "per-task loop" or base is None else f" ({us / base:.2f}x PCGrad)"
+        print(f"| {name} | {us / 1e3:.2f}{ratio} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--steps", action="store_true", help="also time a training step per method")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, mtl_fast backend {mf.backend()}")
+    weights_table(args.repeat)
+    if args.steps:
+        step_table(args.repeat)
+
+
+if __name__ == "__main__":
+    main()
