@@ -210,7 +210,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   file=sys.stderr)
             return 2
     trajectories = run_toy(methods, args.steps, args.lr)
-    print(__doc__.split("\n\n")[0].replace("``", "") + ".")
+    print("The two-task toy problem of the CAGrad paper (Liu et al. 2021), also used by the Nash-MTL paper (Navon "
+          "et al. 2022): two losses on the plane whose gradients conflict.")
     print(_report(trajectories, args.steps, args.lr))
     if args.plot is not None:
         _plot(args.plot, trajectories, args.steps, args.lr)
