@@ -3,13 +3,14 @@
 Per-task gradients of the shared parameters are combined through their K x K Gram matrix with C++/CUDA
 kernels: ``gram -> weights -> combine``, two passes over the Jacobian, no host synchronisation.
 """
-from . import diagnostics, distributed, loss_weighting, nn, reference
+from . import distributed, loss_weighting, nn, reference
 from ._ops import backend
 from .aggregators import (MGDA, IMTLG, AlignedMTL, Aggregator, CAGrad, DualProj, GradDrop, GradVac, GramAggregator,
                           Mean, NashMTL, PCGrad, Sum, UPGrad, Weighted)
 from .backward import backward
 from .fork import fork
 from .functional import aggregate, combine, gram
+from . import diagnostics  # last: it builds on the public GramAggregator above
 
 __version__ = "0.1.0"
 

@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, TextIO, Union
 import torch
 from torch import Tensor
 
-from .aggregators import GramAggregator
+from . import GramAggregator
 
 __all__ = ["gradient_norms", "cosine_matrix", "conflicting_pairs", "directional_derivatives", "summary",
            "Diagnostics", "Recorder", "Monitor"]
