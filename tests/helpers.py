@@ -54,14 +54,3 @@ def without_compiled_kernel(monkeypatch, module):
             m.setattr(module, "_DEVICES", frozenset())
             return fn(*args, **kwargs)
     return run
-
-
-def same_state(a, b) -> bool:
-    """Whether two state_dict()s hold equal values (tensors compared exactly), nested dicts and lists included."""
-    if isinstance(a, Tensor):
-        return isinstance(b, Tensor) and torch.equal(a, b)
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(same_state(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(same_state(x, y) for x, y in zip(a, b))
-    return a == b

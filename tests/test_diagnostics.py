@@ -12,7 +12,7 @@ from torch import nn
 import mtl_fast as mf
 from mtl_fast import diagnostics
 
-from helpers import same_state
+from states import same_state
 
 NAN = float("nan")
 

@@ -11,7 +11,7 @@ import torch
 
 import mtl_fast as mf
 
-from helpers import same_state
+from states import same_state
 
 # bfloat16 and float16 autocast both exist on the CPU in the torch versions this package supports
 AUTOCAST_DTYPES = [torch.bfloat16, torch.float16]
