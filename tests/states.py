@@ -1,6 +1,6 @@
 """Comparing what state_dict() returns, for the tests of stateful aggregators and loss weightings."""
-from torch import Tensor
 import torch
+from torch import Tensor
 
 
 def same_state(a, b) -> bool:
