@@ -11,6 +11,8 @@ import torch
 
 import mtl_fast as mf
 
+from states import same_state
+
 # bfloat16 and float16 autocast both exist on the CPU in the torch versions this package supports
 AUTOCAST_DTYPES = [torch.bfloat16, torch.float16]
 
@@ -100,16 +102,6 @@ def nash_mtl_and_dwa():
     return aggregator, weighting, [aggregator, weighting]
 
 
-def same_state(a, b) -> bool:
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and torch.equal(a, b)
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same_state(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(same_state(x, y) for x, y in zip(a, b))
-    return a == b
-
-
 def state_of(objects):
     states = [copy.deepcopy(o.state_dict()) for o in objects]
     for state in states:
@@ -117,6 +109,8 @@ def state_of(objects):
         # is in last_beta. GradVac drew that step's visiting orders before G was known to be bad: its random
         # stream moves on, its targets do not.
         state.pop("step", None)
+        # a random generator (GradVac's visiting orders, where the state holds it) moves on every call, skipped
+        # or not, like every random draw of the step
         state.pop("generators", None)
     return states
 
