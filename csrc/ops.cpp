@@ -13,4 +13,7 @@ TORCH_LIBRARY(mtl_fast, m) {
   m.def("combine(Tensor[] jac, Tensor weights) -> Tensor[]");
   // The same, accumulated in place onto existing tensors (the parameters' .grad).
   m.def("combine_into(Tensor[] jac, Tensor weights, Tensor(a!)[] out) -> ()");
+  // The Gram engine's per-layer product: G (K, K) float64, G_ij = <A^T delta_i, A^T delta_j> for A (R, d) and
+  // delta (K, R, m), through A A^T (mtl_fast/engine.py).
+  m.def("ghost_gram(Tensor A, Tensor delta) -> Tensor");
 }

@@ -8,6 +8,7 @@ from ._ops import backend
 from .aggregators import (MGDA, IMTLG, AlignedMTL, Aggregator, CAGrad, DualProj, GradDrop, GradVac, GramAggregator,
                           Mean, NashMTL, PCGrad, Sum, UPGrad, Weighted)
 from .backward import backward
+from .engine import GramEngine
 from .fork import fork
 from .functional import aggregate, combine, gram
 
@@ -16,5 +17,6 @@ __version__ = "0.1.0"
 __all__ = [
     "Aggregator", "GramAggregator", "Mean", "PCGrad", "Sum", "Weighted",
     "AlignedMTL", "CAGrad", "DualProj", "GradDrop", "GradVac", "IMTLG", "MGDA", "NashMTL", "UPGrad",
-    "aggregate", "backend", "backward", "combine", "distributed", "fork", "gram", "nn", "reference", "loss_weighting",
+    "GramEngine", "aggregate", "backend", "backward", "combine", "distributed", "fork", "gram", "nn", "reference",
+    "loss_weighting",
 ]
