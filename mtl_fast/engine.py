@@ -18,19 +18,21 @@ aggregator=...)`` has the contract of :func:`mtl_fast.backward` but never forms 
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.graph import GradientEdge, get_gradient_edge
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from . import _ops
+from ._engine_dist import Ranks
 from ._engine_ops import ghost_gram
 from .aggregators import Aggregator, GramAggregator, Mean, Sum, Weighted
 from .backward import _check_losses
-from .distributed import GlobalGram
+from .distributed import GlobalGram, agreed_weights
 
 __all__ = ["GramEngine"]
 
@@ -129,6 +131,9 @@ class GramEngine:
         self._owner: Dict[object, _Call] = {}
         self._started = 0  # calls begun: orders nested calls after the ones that contain them
         self._handles = []
+        #: Bytes per rank of the last backward with process_group: {'chosen': what it moved, 'all_reduce': what
+        #: all-reducing every layer's K gradients would have moved}.
+        self.last_communication: Optional[Dict[str, int]] = None
         for m in hooked.values():
             self._handles.append(m.register_forward_pre_hook(self._before, with_kwargs=True))
             self._handles.append(m.register_forward_hook(self._after, with_kwargs=True))
@@ -214,7 +219,7 @@ class GramEngine:
     # --- backward ----------------------------------------------------------------------------------------------
 
     def backward(self, losses: Union[Tensor, Sequence[Tensor]], *, aggregator: Aggregator,
-                 retain_graph: bool = False) -> Tensor:
+                 retain_graph: bool = False, process_group: Optional[dist.ProcessGroup] = None) -> Tensor:
         """Backpropagates K task losses, combining the shared parameters' task gradients with ``aggregator``.
 
         Exactly the contract of :func:`mtl_fast.backward` with the hooked modules' parameters as
@@ -227,12 +232,16 @@ class GramEngine:
             aggregator: a Gram-based aggregator (``mf.PCGrad()``, ``mf.MGDA()``, ...) or a fixed-weight one
                 (``mf.Sum()``, ``mf.Mean()``, ``mf.Weighted(...)``: one ordinary backward, no G).
             retain_graph: keep the graph (and what the hooks recorded) for another backward.
+            process_group: as in :func:`mtl_fast.backward`: each rank holds an equal share of the batch, and every
+                rank writes the bitwise same gradients, those of one process on the whole batch (G is the Gram
+                of the global-batch task gradients). Every rank must run the same model and call this with the
+                same aggregator, and its losses must reach the same parameters. See :mod:`mtl_fast._engine_dist`.
         Returns:
             The (K,) float64 weights applied to the shared gradients.
         Raises:
             ValueError / TypeError on bad input; RuntimeError when a shared parameter is reached other than
             through a recorded forward of a hooked module (used outside its module, or no forward recorded).
-            Nothing is written to any ``.grad`` in these cases.
+            Nothing is written to any ``.grad`` in these cases (nor when a collective fails).
         """
         losses = _check_losses(losses)
         if not isinstance(aggregator, GramAggregator) or isinstance(aggregator, GlobalGram):
@@ -243,8 +252,10 @@ class GramEngine:
         for i, p in enumerate(shared):
             if p.device != device:
                 raise ValueError(f"{self._names[id(p)]}: is on {p.device} but the losses are on {device}")
-
-        if isinstance(aggregator, _FIXED):
+        if process_group is not None:
+            weights = self._backward_across_ranks(losses, shared, others, calls, aggregator, retain_graph,
+                                                  Ranks(process_group))
+        elif isinstance(aggregator, _FIXED):
             # Python-float weights, as a user writes sum(w_k * L_k): the same graph, the same bits.
             scales = aggregator.weights(torch.zeros(K, K, dtype=torch.float64)).tolist()
             torch.autograd.backward(sum(s * loss for s, loss in zip(scales, losses)), retain_graph=retain_graph)
@@ -253,7 +264,7 @@ class GramEngine:
             others_sum = self._task_gradients(losses, calls, others)
             G = torch.zeros(K, K, dtype=torch.float64, device=device)
             for params, unit_calls in _units(shared, calls):
-                G += self._unit_gram(params, unit_calls, K)
+                G += self._unit_gram(params, unit_calls, K, None)
             for call in calls:
                 call.deltas = []
             weights = aggregator.weights(G)
@@ -265,6 +276,42 @@ class GramEngine:
                         p.grad = g if p.grad is None else p.grad.add_(g)
         if not retain_graph:
             self._forget()
+        return weights
+
+    def _backward_across_ranks(self, losses: List[Tensor], shared: List[Tensor], others: List[Tensor],
+                               calls: List[_Call], aggregator: GramAggregator, retain_graph: bool,
+                               ranks: Ranks) -> Tensor:
+        """backward() with the task gradients averaged over the ranks: G from the per-layer collectives of
+        :class:`~mtl_fast._engine_dist.Ranks` divided by R^2 (the mean J/R has Gram G/R^2), the weighted
+        gradients and the task-specific sums reduced once at the end and divided by R."""
+        K, device = len(losses), losses[0].device
+        fixed = isinstance(aggregator, _FIXED)
+        ranks.agree([fixed, K, [self._names[id(p)] for p in shared], [(str(p.dtype), tuple(p.shape)) for p in others],
+                     [(c.kind, type(c.module).__name__, len(c.edges)) for c in calls]],
+                    "the tasks, the shared parameters reached, the task-specific ones or the hooked calls")
+        if fixed:
+            weights = aggregator.weights(torch.zeros(K, K, dtype=torch.float64)).to(device)
+            weighted = sum(s * loss for s, loss in zip(weights.tolist(), losses))
+            grads = torch.autograd.grad(weighted, shared + others, retain_graph=retain_graph, materialize_grads=True)
+            shared_grads, others_sum = list(grads[:len(shared)]), list(grads[len(shared):])
+        else:
+            others_sum = [torch.zeros_like(p) if g is None else g
+                          for p, g in zip(others, self._task_gradients(losses, calls, others))]
+            G = torch.zeros(K, K, dtype=torch.float64, device=device)
+            for params, unit_calls in _units(shared, calls):
+                G += self._unit_gram(params, unit_calls, K, ranks)
+            for call in calls:
+                call.deltas = []
+            weights = agreed_weights(aggregator, G / ranks.size ** 2, ranks.group)
+            weighted = (torch.stack(losses) * weights.to(losses[0].dtype)).sum()
+            shared_grads = list(torch.autograd.grad(weighted, shared, retain_graph=retain_graph,
+                                                    materialize_grads=True))
+        ranks.sum_(shared_grads + others_sum, alternative=True)
+        self.last_communication = dict(ranks.bytes)
+        with torch.no_grad():
+            for p, g in zip(shared + others, shared_grads + others_sum):
+                g = g.div_(ranks.size)
+                p.grad = g if p.grad is None else p.grad.add_(g)
         return weights
 
     def _reached(self, losses: List[Tensor]) -> Tuple[List[Tensor], List[Tensor], List[_Call]]:
@@ -293,6 +340,8 @@ class GramEngine:
             stack.extend(next_node for next_node, _ in node.next_functions)
         if not shared:
             raise ValueError("shared_modules: the losses reach none of their parameters")
+        order = {i: n for n, i in enumerate(self._params)}
+        shared = dict(sorted(shared.items(), key=lambda item: order[item[0]]))
         calls = [c for c in self._calls if any(e.node in seen for e in c.edges)]
         for call in calls:
             if call.input is not None and call.input._version != call.input_version:
@@ -332,12 +381,13 @@ class GramEngine:
             call.deltas = [next(it) for _ in call.edges]
         return [None if g is None else g.sum(0) for g in grads[len(edges):]]
 
-    def _unit_gram(self, params: List[Tensor], calls: List[_Call], K: int) -> Tensor:
-        """Step 3 for one unit (parameters linked by the calls that use them): its share of G."""
+    def _unit_gram(self, params: List[Tensor], calls: List[_Call], K: int, ranks: Optional[Ranks]) -> Tensor:
+        """Step 3 for one unit (parameters linked by the calls that use them): its share of G (with ``ranks``:
+        of the sums over the ranks)."""
         if all(c.kind != "generic" for c in calls):
             G = 0
             for p in params:
-                G = G + _formula_gram(p, [c for c in calls if any(q is p for q in c.params)], K)
+                G = G + _formula_gram(p, [c for c in calls if any(q is p for q in c.params)], K, ranks)
             return G
         grads = self._generic_gradients(params, [c for c in calls if c.kind == "generic"], K)
         for c in calls:
@@ -347,7 +397,7 @@ class GramEngine:
                         g = _formula_gradients(p, c, K)
                         grads[i] = g if grads[i] is None else grads[i] + g
         present = [g for g in grads if g is not None]
-        return _ops.gram(present) if present else 0
+        return _formed_gram(present, ranks) if present else 0
 
     def _generic_gradients(self, params: List[Tensor], calls: List[_Call], K: int) -> List[Optional[Tensor]]:
         """The K task gradients of ``params`` through these calls alone: a VJP from their outputs' Delta_k,
@@ -429,32 +479,47 @@ def _bias_gradients(call: _Call, K: int) -> Tensor:
     return delta.sum((1, 3, 4))
 
 
-def _formula_gram(p: Tensor, calls: List[_Call], K: int) -> Tensor:
+def _formed_gram(grads: List[Tensor], ranks: Optional[Ranks]) -> Tensor:
+    """The Gram of formed (K, ...) gradients, summed over the ranks first when there are ranks."""
+    return _ops.gram(ranks.sum_(grads) if ranks is not None else grads)
+
+
+def _ghost_is_cheaper(R: int, d: int, m: int, K: int) -> bool:
+    """FLOPs: <Delta_i, (A A^T) Delta_j> against forming the K gradients Delta_k^T A and their Gram."""
+    return 2 * R * R * d + 2 * K * R * R * m + 2 * K * K * R * m <= 2 * K * R * m * d + K * K * m * d
+
+
+def _formula_gram(p: Tensor, calls: List[_Call], K: int, ranks: Optional[Ranks]) -> Tensor:
     """G's share of one parameter used only by Linear, Conv2d or Embedding calls (several calls: their
     contributions are summed before the products, so cross terms count)."""
     calls = [c for c in calls if c.deltas[0] is not None]
     if not calls:
         return 0
     kinds = {(c.kind, _is_bias(p, c)) for c in calls}
-    if len(kinds) > 1:  # one tensor in two roles (e.g. a Linear weight tied to an Embedding): form it
-        return _ops.gram([sum(_formula_gradients(p, c, K) for c in calls)])
-    kind, is_bias = kinds.pop()
-    if is_bias:
-        return _ops.gram([sum(_bias_gradients(c, K) for c in calls).to(p.dtype)])
-    if kind == "embedding":
+    kind, is_bias = next(iter(kinds))
+    if is_bias and len(kinds) == 1:
+        return _formed_gram([sum(_bias_gradients(c, K) for c in calls).to(p.dtype)], ranks)
+    if kind == "embedding" and len(kinds) == 1 and ranks is None:
         return _ops.gram([_embedding_gradients(p, calls, K, compact=True)])
-    if kind == "conv2d" and any(c.module.groups != 1 for c in calls):
-        return _ops.gram([sum(_formula_gradients(p, c, K) for c in calls)])
+    # One tensor in two roles (e.g. a Linear weight tied to an Embedding), grouped convolutions, and tables
+    # across ranks (their rows differ) are formed.
+    if len(kinds) > 1 or kind == "embedding" or any(c.kind == "conv2d" and c.module.groups != 1 for c in calls):
+        return _formed_gram([sum(_formula_gradients(p, c, K) for c in calls)], ranks)
     pairs = [_rows(c, K) for c in calls]
-    R = sum(a.shape[0] for a, _ in pairs)
-    d, m = pairs[0][0].shape[1], pairs[0][1].shape[2]
-    ghost_flops = 2 * R * R * d + 2 * K * R * R * m + 2 * K * K * R * m
-    formed_flops = 2 * K * R * m * d + K * K * m * d
-    if ghost_flops <= formed_flops:
-        A = torch.cat([a for a, _ in pairs])
-        delta = torch.cat([dl for _, dl in pairs], dim=1)
+    A, delta = torch.cat([a for a, _ in pairs]), torch.cat([dl for _, dl in pairs], dim=1)
+    R, d, m = A.shape[0], A.shape[1], delta.shape[2]
+    if ranks is None:
+        if _ghost_is_cheaper(R, d, m, K):
+            return ghost_gram(A, delta)
+        return _ops.gram([sum(_formula_gradients(p, c, K) for c in calls)])
+    R_all = ranks.total_rows(R)
+    formed_bytes = K * p.numel() * p.element_size()
+    if R_all * (d * A.element_size() + K * m * delta.element_size()) >= formed_bytes:
+        return _formed_gram([sum(_formula_gradients(p, c, K) for c in calls)], ranks)
+    A, delta = ranks.gather_rows(A, delta, formed_bytes)
+    if _ghost_is_cheaper(A.shape[0], d, m, K):
         return ghost_gram(A, delta)
-    return _ops.gram([sum(_formula_gradients(p, c, K) for c in calls)])
+    return _ops.gram([(delta.transpose(1, 2).to(p.dtype) @ A.to(p.dtype)).reshape(K, *p.shape)])
 
 
 def _formula_gradients(p: Tensor, call: _Call, K: int) -> Tensor:

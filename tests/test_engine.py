@@ -132,7 +132,18 @@ def skipping_case() -> _Case:
     return _Case([model.low, model.high, model.frozen], model, lambda: model.losses(x, y))
 
 
-CASES = {"origin": origin_case, "resnet": resnet_case, "transformer": transformer_case,
+def small_convs_case() -> _Case:
+    """Convolutions on 2x2 maps, where the ghost product is the cheaper way, one grouped (formed per task), one
+    strided and dilated."""
+    trunk = nn.Sequential(nn.Conv2d(4, 16, 3, padding=1), nn.Tanh(), nn.Conv2d(16, 16, 3, padding=1, groups=2),
+                          nn.Tanh(), nn.Conv2d(16, 12, 3, stride=2, padding=2, dilation=2), nn.Tanh(),
+                          nn.Flatten(), nn.Linear(12, 6)).double()
+    heads = nn.ModuleList(nn.Linear(6, 2) for _ in range(K)).double()
+    x, y = torch.randn(2, 4, 2, 2, dtype=torch.float64), torch.randn(2, K, 2, dtype=torch.float64)
+    return _Case([trunk], nn.ModuleList([trunk, heads]), lambda: _mse_heads(trunk(x), heads, y))
+
+
+CASES = {"origin": origin_case, "small_convs": small_convs_case, "resnet": resnet_case, "transformer": transformer_case,
          "twice_tied": twice_tied_case, "skipping": skipping_case}
 
 
@@ -164,6 +175,21 @@ def _assert_grads_close(got: List[Tensor], expected: List[Tensor]) -> None:
 def test_engine_equals_backward(case, aggregator):
     torch.manual_seed(0)
     w_ref, g_ref, w, g = _both_paths(CASES[case](), AGGREGATORS[aggregator])
+    torch.testing.assert_close(w, w_ref, rtol=1e-9, atol=1e-10)
+    _assert_grads_close(g, g_ref)
+
+
+@pytest.mark.parametrize("case,ghost_calls", [("origin", 1), ("small_convs", 3)])
+def test_ghost_products_serve_where_they_are_cheaper(monkeypatch, case, ghost_calls):
+    calls = []
+
+    def counting(A: Tensor, delta: Tensor) -> Tensor:
+        calls.append(A.shape)
+        return _engine_ops.ghost_gram(A, delta)
+
+    monkeypatch.setattr(mf.engine, "ghost_gram", counting)
+    w_ref, g_ref, w, g = _both_paths(CASES[case](), AGGREGATORS["UPGrad"])
+    assert len(calls) == ghost_calls
     torch.testing.assert_close(w, w_ref, rtol=1e-9, atol=1e-10)
     _assert_grads_close(g, g_ref)
 
