@@ -467,6 +467,20 @@ def _rows(call: _Call, K: int) -> Tuple[Tensor, Tensor]:
     return A, delta.reshape(K, delta.shape[1], delta.shape[2], -1).transpose(2, 3).reshape(K, -1, delta.shape[2])
 
 
+def _row_count(call: _Call) -> int:
+    """R of :func:`_rows` without forming them: the input rows of a Linear call, batch x output pixels of a
+    Conv2d one."""
+    if call.kind == "linear":
+        return call.input.numel() // call.module.in_features
+    return call.deltas[0].shape[1] * call.deltas[0].shape[3:].numel()
+
+
+def _stacked_rows(calls: List[_Call], K: int) -> Tuple[Tensor, Tensor]:
+    """The (A, Delta) of several calls of one weight, rows concatenated: its gradient is the sum of theirs."""
+    pairs = [_rows(c, K) for c in calls]
+    return torch.cat([a for a, _ in pairs]), torch.cat([dl for _, dl in pairs], dim=1)
+
+
 def _is_bias(p: Tensor, call: _Call) -> bool:
     return getattr(call.module, "bias", None) is p
 
@@ -505,18 +519,18 @@ def _formula_gram(p: Tensor, calls: List[_Call], K: int, ranks: Optional[Ranks])
     # across ranks (their rows differ) are formed.
     if len(kinds) > 1 or kind == "embedding" or any(c.kind == "conv2d" and c.module.groups != 1 for c in calls):
         return _formed_gram([sum(_formula_gradients(p, c, K) for c in calls)], ranks)
-    pairs = [_rows(c, K) for c in calls]
-    A, delta = torch.cat([a for a, _ in pairs]), torch.cat([dl for _, dl in pairs], dim=1)
-    R, d, m = A.shape[0], A.shape[1], delta.shape[2]
+    R = sum(_row_count(c) for c in calls)
+    m, d = p.shape[0], p.numel() // p.shape[0]  # the rows of A^T Delta_k: (in, out) of Linear, (Cin kh kw, Cout) of Conv2d
     if ranks is None:
         if _ghost_is_cheaper(R, d, m, K):
-            return ghost_gram(A, delta)
+            return ghost_gram(*_stacked_rows(calls, K))
         return _ops.gram([sum(_formula_gradients(p, c, K) for c in calls)])
     R_all = ranks.total_rows(R)
     formed_bytes = K * p.numel() * p.element_size()
-    if R_all * (d * A.element_size() + K * m * delta.element_size()) >= formed_bytes:
+    row_bytes = d * calls[0].input.element_size() + K * m * calls[0].deltas[0].element_size()
+    if R_all * row_bytes >= formed_bytes:
         return _formed_gram([sum(_formula_gradients(p, c, K) for c in calls)], ranks)
-    A, delta = ranks.gather_rows(A, delta, formed_bytes)
+    A, delta = ranks.gather_rows(*_stacked_rows(calls, K), formed_bytes)
     if _ghost_is_cheaper(A.shape[0], d, m, K):
         return ghost_gram(A, delta)
     return _ops.gram([(delta.transpose(1, 2).to(p.dtype) @ A.to(p.dtype)).reshape(K, *p.shape)])
@@ -535,13 +549,8 @@ def _formula_gradients(p: Tensor, call: _Call, K: int) -> Tensor:
     if call.kind == "linear":
         A, D = _rows(call, K)
         return (D.transpose(1, 2).to(p.dtype) @ A.to(p.dtype)).reshape(K, *p.shape)
-    N, C_out = delta.shape[1], delta.shape[2]
-    if m.groups == 1:
-        # The K tasks as K x C_out output channels of one weight-gradient convolution.
-        folded = delta.transpose(0, 1).reshape(N, K * C_out, *delta.shape[3:]).to(p.dtype)
-        g = torch.nn.grad.conv2d_weight(call.input.to(p.dtype), (K * C_out, *p.shape[1:]), folded, m.stride,
-                                        m.padding, m.dilation, 1)
-        return g.reshape(K, *p.shape)
+    # One weight-gradient convolution per task: folding the K tasks into the output channels instead would copy
+    # K x the layer's output gradient first.
     return torch.stack([torch.nn.grad.conv2d_weight(call.input.to(p.dtype), p.shape, delta[k].to(p.dtype),
                                                     m.stride, m.padding, m.dilation, m.groups) for k in range(K)])
 
