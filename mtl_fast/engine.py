@@ -533,7 +533,7 @@ def _formula_gram(p: Tensor, calls: List[_Call], K: int, ranks: Optional[Ranks])
     A, delta = ranks.gather_rows(*_stacked_rows(calls, K), formed_bytes)
     if _ghost_is_cheaper(A.shape[0], d, m, K):
         return ghost_gram(A, delta)
-    return _ops.gram([(delta.transpose(1, 2).to(p.dtype) @ A.to(p.dtype)).reshape(K, *p.shape)])
+    return _ops.gram([_outer_gradients(p, A, delta)])
 
 
 def _formula_gradients(p: Tensor, call: _Call, K: int) -> Tensor:
@@ -548,11 +548,19 @@ def _formula_gradients(p: Tensor, call: _Call, K: int) -> Tensor:
         return _bias_gradients(call, K).to(p.dtype)
     if call.kind == "linear":
         A, D = _rows(call, K)
-        return (D.transpose(1, 2).to(p.dtype) @ A.to(p.dtype)).reshape(K, *p.shape)
+        return _outer_gradients(p, A, D)
     # One weight-gradient convolution per task: folding the K tasks into the output channels instead would copy
     # K x the layer's output gradient first.
     return torch.stack([torch.nn.grad.conv2d_weight(call.input.to(p.dtype), p.shape, delta[k].to(p.dtype),
                                                     m.stride, m.padding, m.dilation, m.groups) for k in range(K)])
+
+
+def _outer_gradients(p: Tensor, A: Tensor, delta: Tensor) -> Tensor:
+    """(K, *p.shape): Delta_k^T A for every k as ONE (K m, R) x (R, d) product; a batched product would
+    broadcast A to K copies."""
+    K, R, m = delta.shape
+    stacked = delta.transpose(1, 2).reshape(K * m, R).to(p.dtype)
+    return (stacked @ A.to(p.dtype)).reshape(K, *p.shape)
 
 
 def _embedding_gradients(p: Tensor, calls: List[_Call], K: int, compact: bool) -> Tensor:
