@@ -182,6 +182,7 @@ def main() -> None:
         print(json.dumps(_worker(scenario, method, int(steps), int(warmup))))
         return
     results: Dict[str, Dict[str, Dict]] = {}
+    load_before = os.getloadavg()
     for scenario in args.scenarios.split(","):
         results[scenario] = {}
         for method in args.methods.split(","):
@@ -190,8 +191,10 @@ def main() -> None:
             print(scenario, method, results[scenario][method], flush=True)
     _print_table(results, args.threads)
     if args.out:
+        # Timings on a shared machine are only as good as its load: it is recorded with them.
         with open(args.out, "w") as f:
-            json.dump({"threads": args.threads, "results": results}, f, indent=1)
+            json.dump({"threads": args.threads, "torch": torch.__version__, "load_average_before": load_before,
+                       "load_average_after": os.getloadavg(), "results": results}, f, indent=1)
 
 
 def _print_table(results: Dict[str, Dict[str, Dict]], threads: str) -> None:
