@@ -99,9 +99,10 @@ class GramEngine:
     then, each step, run the forward and call :meth:`backward`. Every parameter of the modules that requires grad
     is shared; every other parameter the losses reach is task-specific.
 
-    Extra memory over a plain step (step 2 and 3): K x the output gradients of the hooked calls, plus the largest
-    of K x one layer's parameters (where that layer forms its gradients), R x R of a ghost layer's R input rows,
-    and K x the task-specific parameters. See docs/engine.md.
+    Extra memory over a plain step: K x the output gradients of all hooked calls (held from the batched backward
+    until G is complete), plus the largest of K x one layer's parameters (a formed layer) and R^2 + 2 K R m
+    float64 numbers (a ghost layer with R input rows and m outputs), plus K x the task-specific parameters. See
+    docs/engine.md.
 
     Args:
         shared_modules: the modules whose parameters the tasks share (e.g. ``model.trunk``).

@@ -250,24 +250,22 @@ def test_bad_input_is_rejected_before_anything_is_written():
 
 def test_misuse_is_named():
     trunk, head = nn.Linear(4, 4).double(), nn.Linear(4, 1).double()
-    engine = mf.GramEngine(trunk)
     x = torch.randn(3, 4, dtype=torch.float64)
-    # A forward that ran before nothing was recorded: under no_grad the hooks record nothing.
-    with pytest.raises(RuntimeError, match=r"shared_modules\[0\].weight.*used outside"):
-        f = trunk(x)
+    engine = mf.GramEngine(trunk)
+    f = trunk(x)
+    with pytest.raises(RuntimeError, match=r"shared_modules\[0\].weight is used outside the forward"):
         engine.backward([head(f).sum(), (x @ trunk.weight).sum()], aggregator=mf.MGDA())
     engine.remove()
+
     engine = mf.GramEngine(trunk)
-    losses_before = None
     with torch.no_grad():
-        trunk(x)
-    f = torch.tanh(x @ trunk.weight.T)  # the layer used outside its forward only
-    losses_before = [head(f).sum(), f.sum()]
+        trunk(x)  # recorded nothing: no graph
+    f = torch.tanh(x @ trunk.weight.T)
     with pytest.raises(RuntimeError, match="no forward through the hooked modules was recorded"):
-        engine.backward(losses_before, aggregator=mf.MGDA())
-    assert trunk.weight.grad is None and head.weight.grad is None
+        engine.backward([head(f).sum(), f.sum()], aggregator=mf.MGDA())
     with pytest.raises(ValueError, match="reach none"):
         engine.backward([head(x).sum()], aggregator=mf.MGDA())
+    assert trunk.weight.grad is None and head.weight.grad is None
 
 
 def test_input_modified_in_place_after_the_forward_is_named():
