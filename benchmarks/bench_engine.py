@@ -24,8 +24,6 @@ from typing import Callable, Dict, List, Tuple
 import torch
 from torch import Tensor, nn
 
-from mtl_fast.models import SharedTrunk
-
 #: The ResNet-18-like trunk's base width (ResNet-18 has 64): 32 keeps a K = 40 mf.backward step within minutes here.
 RESNET_WIDTH = 32
 
@@ -79,6 +77,7 @@ def _build(scenario: str) -> Tuple[nn.Module, int, Tensor, int]:
         trunk = nn.Sequential(nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False), _MeanTokens())
         return trunk, 8, torch.randn(16, 32, 128), 128
     if scenario == "origin":
+        from mtl_fast.models import SharedTrunk  # in the worker, whose path puts this checkout first
         return SharedTrunk(), 4, torch.randn(32, 3, 28, 28), 128
     raise ValueError(f"scenario: unknown {scenario!r}")
 
