@@ -12,30 +12,16 @@ J for the methods that are not Gram-based. DBMTL and MoCo have no TorchJD counte
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 
 import mtl_fast as mf
-from mtl_fast.models import MultiTaskNet
+from mtl_fast.apps.models import MultiTaskNet
+
+from bench_zoo import side_by_side  # (this folder is on sys.path when a script here runs)
 
 KS = (2, 4, 8, 16, 32, 64)
-
-
-def side_by_side(fns: Dict[str, Callable[[], object]], repeat: int, inner: int = 10) -> Dict[str, float]:
-    """Median microseconds per call of each function, timed in interleaved rounds of ``inner`` calls."""
-    samples: Dict[str, List[float]] = {name: [] for name in fns}
-    for fn in fns.values():
-        fn()
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            for _ in range(inner):
-                fn()
-            samples[name].append((time.perf_counter() - start) / inner)
-    return {name: statistics.median(times) * 1e6 for name, times in samples.items()}
 
 
 def jacobian(K: int, seed: int = 0) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""pytest-benchmark over the scenarios of ``mtl-fast bench`` (mtl_fast/bench/scenarios.py), one benchmark per
+"""pytest-benchmark over the scenarios of ``mtl-fast bench`` (mtl_fast/apps/bench/scenarios.py), one benchmark per
 scenario and method. Not part of the default test run (pyproject's testpaths is tests/):
 
     pytest benchmarks/ --benchmark-only [--mtl-full] [--mtl-device cuda] [--benchmark-json out.json]

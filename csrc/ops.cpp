@@ -40,4 +40,7 @@ TORCH_LIBRARY(mtl_fast, m) {
       "int ignore_index, str reduction) -> (Tensor, Tensor)");
   // The backward of heads_loss: grad's columns of task k scaled by grad_losses[k] (or, per sample, [k, b]).
   m.def("heads_loss_backward(Tensor grad_losses, Tensor grad, int[] sizes) -> Tensor");
+  // The Gram engine's per-layer product: G (K, K) float64, G_ij = <A^T delta_i, A^T delta_j> for A (R, d) and
+  // delta (K, R, m), through A A^T (mtl_fast/engine.py).
+  m.def("ghost_gram(Tensor A, Tensor delta) -> Tensor");
 }

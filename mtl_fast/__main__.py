@@ -27,7 +27,8 @@ def info() -> int:
                                                  if _ops.extension_error else ""))
     print(f"torch    {torch.__version__}  (CUDA build: {torch.version.cuda or 'no'})")
     print(f"python   {platform.python_version()}  on {platform.machine()}, {torch.get_num_threads()} threads")
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    gpus = ([torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            if torch.cuda.is_available() else [])
     print(f"GPUs     {', '.join(gpus) if gpus else 'none visible'}")
     return 0
 

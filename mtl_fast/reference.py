@@ -3,8 +3,8 @@
 Two kinds of function live here:
 
 - the twins of the compiled ops (``gram``, ``combine``, ``pcgrad_weights``, ``gradvac_weights``, ``nonneg_qp``,
-  ``qp_weights``, ``heads_loss``): the same arguments and contract as ``torch.ops.mtl_fast.<op>``. The tests hold
-  the kernels against them, and mtl_fast runs them where no kernel serves (``mtl_fast.backend() == 'python'``,
+  ``qp_weights``, ``ghost_gram``, ``heads_loss``): the same arguments and contract as ``torch.ops.mtl_fast.<op>``.
+  The tests hold the kernels against them, and mtl_fast runs them where no kernel serves (``mtl_fast.backend() == 'python'``,
   other devices, a G that needs a derivative: they are differentiable). No Python branch depends on a tensor's
   value, so they never synchronise with a GPU and torch.compile can trace them, except the QP solver's stopping
   test (see :func:`nonneg_qp`) and the fused heads' check of class targets.
@@ -17,12 +17,12 @@ import warnings
 from typing import List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ._nonfinite import finite_or_zero, nan_unless
 
-__all__ = ["gram", "combine", "pcgrad_weights", "gradvac_weights", "nonneg_qp", "qp_weights", "heads_loss",
+__all__ = ["gram", "combine", "pcgrad_weights", "gradvac_weights", "nonneg_qp", "qp_weights", "ghost_gram",
+           "heads_loss",
            "heads_accumulation_dtype", "normalized_gram", "masked_solve", "pcgrad"]
 
 
@@ -247,6 +247,16 @@ def qp_weights(G: Tensor, pref: Optional[Tensor], method: str, regularization: f
     return nan_unless(finite, u @ V)
 
 
+def ghost_gram(A: Tensor, delta: Tensor) -> Tensor:
+    """The Gram matrix of the K gradients A^T delta_k of one layer (A (R, d) its input rows, delta (K, R, m) its
+    K output gradients), as G_ij = <delta_i, (A A^T) delta_j> in float64: the gradients are never formed.
+    Averaged with its transpose, so that G is symmetric bit for bit, as the op's is."""
+    K = delta.shape[0]
+    a, d = A.double(), delta.double()
+    G = d.reshape(K, -1) @ (a @ a.T @ d).reshape(K, -1).T
+    return (G + G.T) * 0.5
+
+
 def heads_accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype the fused heads' losses come in: float64 for float64 logits, float32 otherwise."""
     return torch.float64 if dtype == torch.float64 else torch.float32
@@ -266,12 +276,12 @@ def heads_loss(logits: Tensor, class_targets: Tensor, value_targets: Tensor, siz
         z = z.to(acc)
         if is_regression:
             t = next(values)
-            losses.append(F.mse_loss(z, t, reduction="none").sum(1) if reduction == "none"
-                          else F.mse_loss(z, t, reduction=reduction))
+            losses.append(torch.nn.functional.mse_loss(z, t, reduction="none").sum(1) if reduction == "none"
+                          else torch.nn.functional.mse_loss(z, t, reduction=reduction))
         else:
             t = next(classes)
             _check_classes(t, k, sizes[k], ignore_index)
-            losses.append(F.cross_entropy(z, t, ignore_index=ignore_index, reduction=reduction))
+            losses.append(torch.nn.functional.cross_entropy(z, t, ignore_index=ignore_index, reduction=reduction))
     return torch.stack(losses)
 
 

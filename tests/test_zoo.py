@@ -1,5 +1,4 @@
 """The method zoo: closed forms, paper properties, degenerate inputs, the reference oracle, TorchJD, end to end."""
-import itertools
 
 import pytest
 import torch

@@ -20,8 +20,8 @@ from torch import Tensor, nn
 import mtl_fast as mf
 from mtl_fast import loss_weighting
 
-__all__ = ["Strategy", "LossLevel", "STRATEGIES", "CORE_STRATEGIES", "GROUPS", "LEVELS", "strategy_names", "both_levels",
-           "loss_level"]
+__all__ = ["Strategy", "LossLevel", "STRATEGIES", "CORE_STRATEGIES", "GROUPS", "LEVELS", "strategy_names",
+           "both_levels", "loss_level"]
 
 LEVELS: Dict[str, str] = {
     "parameter": "mtl_fast.backward on the trunk's parameters",
@@ -144,7 +144,8 @@ _LOSS = [
                 lambda tasks, seed: loss_weighting.GradNorm()),
     loss_level("famo", "FAMO: weights that make every loss fall at the same relative rate",
                 lambda tasks, seed: loss_weighting.FAMO(tasks)),
-    loss_level("rlw", "RLW: random loss weights, drawn anew every step", lambda tasks, seed: loss_weighting.RLW(seed=seed)),
+    loss_level("rlw", "RLW: random loss weights, drawn anew every step",
+               lambda tasks, seed: loss_weighting.RLW(seed=seed)),
 ]
 
 # The default run trains the core, the zoo at the representation level and the loss weightings; Mean is left
