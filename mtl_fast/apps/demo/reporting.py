@@ -140,9 +140,9 @@ def table(runs: Sequence[StrategyRun], task_names: Sequence[str], chance: Sequen
 
 def plot(path: Path, runs: Sequence[StrategyRun], task_names: Sequence[str], chance: Sequence[float],
          cosines: Optional[Tensor], title: str) -> None:
-    """Learning curves, one panel per task and one line per strategy (solid: parameter level, dashed:
-    representation level, dotted: loss weighting; chance dash-dotted), and a panel of the tasks' mean gradient
-    cosines under the plain sum."""
+    """Learning curves, one panel per task and one line per strategy (solid: parameter level, densely dashed:
+    the Gram engine, dashed: representation level, dotted: loss weighting; chance dash-dotted), and a panel of
+    the tasks' mean gradient cosines under the plain sum."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed
@@ -155,7 +155,7 @@ def plot(path: Path, runs: Sequence[StrategyRun], task_names: Sequence[str], cha
     # tab20 pairs a dark and a light shade of 10 hues: the first ten strategies take the dark ones, the next ten
     # the light ones, so neighbours in the legend differ in hue. The level sets the line style.
     colours = plt.get_cmap("tab20")
-    styles = {"parameter": "-", "representation": "--", "loss": ":"}
+    styles = {"parameter": "-", "engine": (0, (5, 1)), "representation": "--", "loss": ":"}
     for k, (task, ax) in enumerate(zip(task_names, axes.flat)):
         for i, run in enumerate(runs):
             if run.error is None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -20,11 +20,12 @@ from torch import Tensor, nn
 import mtl_fast as mf
 from mtl_fast import loss_weighting
 
-__all__ = ["Strategy", "LossLevel", "STRATEGIES", "CORE_STRATEGIES", "GROUPS", "LEVELS", "strategy_names",
+__all__ = ["Strategy", "LossLevel", "EngineLevel", "STRATEGIES", "CORE_STRATEGIES", "GROUPS", "LEVELS", "strategy_names",
            "both_levels", "loss_level"]
 
 LEVELS: Dict[str, str] = {
     "parameter": "mtl_fast.backward on the trunk's parameters",
+    "engine": "mtl_fast.GramEngine over the trunk: the parameter level without the K x P Jacobian",
     "representation": "mtl_fast.fork on the trunk's output",
     "loss": "a loss weighting in front of the plain sum",
 }
@@ -87,6 +88,22 @@ class LossLevel:
             self.weighting.end_epoch()
 
 
+class EngineLevel:
+    """An aggregator applied by the Gram engine: hooked onto the model's trunk before its first forward."""
+
+    def __init__(self, aggregator: mf.GramAggregator) -> None:
+        self.aggregator = aggregator
+        self.engine: Optional[mf.GramEngine] = None
+
+    def attach(self, trunk: nn.Module) -> None:
+        """Hooks the engine onto the trunk (once per training run)."""
+        self.engine = mf.GramEngine(trunk)
+
+    def backward(self, losses: List[Tensor], shared: List[Tensor]) -> None:
+        """The engine's backward of the losses into the model's ``.grad``."""
+        self.engine.backward(losses, aggregator=self.aggregator)
+
+
 def _task_balanced_weights(num_classes: Sequence[int]) -> List[float]:
     """Each cross-entropy divided by its chance-level value log(C_k), rescaled so the weights sum to K: every
     task then starts from the same loss, instead of the many-class tasks dominating the sum."""
@@ -101,9 +118,20 @@ def both_levels(name: str, explanation: str, make: Factory) -> List[Strategy]:
             Strategy(f"{name}-rep", "representation", explanation, make)]
 
 
-def loss_level(name: str, explanation: str, make: Callable[[int, int], loss_weighting.LossWeighting]) -> Strategy:
+def gradient_level(name: str, explanation: str, make: Factory) -> List[Strategy]:
+    """A zoo II aggregator: at the parameter level, and at the representation level where the method means
+    something on feature gradients; both only in ``--strategies all`` or by name."""
+    levels = [Strategy(name, "parameter", explanation, make, in_default=False)]
+    if make([2, 2], 0).representation_level_ok:
+        levels.append(Strategy(f"{name}-rep", "representation", explanation, make, in_default=False))
+    return levels
+
+
+def loss_level(name: str, explanation: str, make: Callable[[int, int], loss_weighting.LossWeighting],
+               in_default: bool = True) -> Strategy:
     """A loss weighting, made by ``make(num_tasks, seed)``, in front of the plain sum."""
-    return Strategy(name, "loss", explanation, lambda classes, seed: LossLevel(make(len(classes), seed)))
+    return Strategy(name, "loss", explanation, lambda classes, seed: LossLevel(make(len(classes), seed)),
+                    in_default)
 
 
 _CORE = [
@@ -134,6 +162,32 @@ _ZOO = [
                   lambda classes, seed: mf.GradVac(seed=seed)),
     *both_levels("graddrop", "GradDrop: per coordinate, keeps the gradients of one sign at random",
                   lambda classes, seed: mf.GradDrop(seed=seed)),
+    Strategy("pcgrad-engine", "engine", "PCGrad, with the Gram built layer by layer (no Jacobian)",
+             lambda classes, seed: EngineLevel(mf.PCGrad(seed=seed)), in_default=False),
+    Strategy("upgrad-engine", "engine", "UPGrad, with the Gram built layer by layer (no Jacobian)",
+             lambda classes, seed: EngineLevel(mf.UPGrad()), in_default=False),
+    *gradient_level("config", "ConFIG: the conflict-free update from the unit gradients",
+                    lambda classes, seed: mf.ConFIG()),
+    *gradient_level("fairgrad", "FairGrad: alpha-fair weights, G w = w^(-1/alpha)",
+                    lambda classes, seed: mf.FairGrad(1.0)),
+    *gradient_level("sdmgrad", "SDMGrad: MGDA pulled towards the mean, by projected SGD",
+                    lambda classes, seed: mf.SDMGrad()),
+    *gradient_level("modo", "MoDo: one projected step on the weights per training step",
+                    lambda classes, seed: mf.MoDo()),
+    *gradient_level("crmogm", "CR-MOGM: a moving average of MGDA's weights",
+                    lambda classes, seed: mf.CRMOGM(mf.MGDA())),
+    *gradient_level("krum", "Krum: the gradient closest to the others (robust to outlier tasks)",
+                    lambda classes, seed: mf.Krum(0)),
+    *gradient_level("random", "RLW at the gradient level: random softmax weights every step",
+                    lambda classes, seed: mf.Random(seed=seed)),
+    *gradient_level("dbmtl", "DB-MTL: log-loss gradients rescaled to the largest norm",
+                    lambda classes, seed: mf.DBMTL()),
+    *gradient_level("trimmed-mean", "trimmed mean per coordinate (drops the extreme task)",
+                    lambda classes, seed: mf.TrimmedMean(1)),
+    *gradient_level("excessmtl", "ExcessMTL: weights from each task's excess risk",
+                    lambda classes, seed: mf.ExcessMTL()),
+    *gradient_level("moco", "MoCo: tracked per-task gradients, weights by projected steps",
+                    lambda classes, seed: mf.MoCo()),
 ]
 _LOSS = [
     loss_level("dwa", "DWA: weights follow how fast each loss fell over the last epochs",
@@ -146,6 +200,16 @@ _LOSS = [
                 lambda tasks, seed: loss_weighting.FAMO(tasks)),
     loss_level("rlw", "RLW: random loss weights, drawn anew every step",
                lambda tasks, seed: loss_weighting.RLW(seed=seed)),
+    loss_level("stch", "STCH: smooth Tchebycheff, the worst task's loss smoothed",
+               lambda tasks, seed: loss_weighting.STCH(1.0), in_default=False),
+    loss_level("gls", "GLS: the geometric mean of the losses",
+               lambda tasks, seed: loss_weighting.GeometricMean(), in_default=False),
+    loss_level("imtll", "IMTL-L: learned loss scales that equalise the scaled losses",
+               lambda tasks, seed: loss_weighting.IMTLL(tasks), in_default=False),
+    loss_level("pbi", "PBI: distance along and away from an equal-weights ray",
+               lambda tasks, seed: loss_weighting.PBI(5.0, [1.0] * tasks), in_default=False),
+    loss_level("cosmos", "COSMOS: the weighted sum with a cosine pull towards the weights",
+               lambda tasks, seed: loss_weighting.COSMOS(1.0, [1.0 / tasks] * tasks), in_default=False),
 ]
 
 # The default run trains the core, the zoo at the representation level and the loss weightings; Mean is left

@@ -17,7 +17,7 @@ import mtl_fast as mf
 from ..baselines import per_task_loop_backward
 from ..data import MultiTaskData
 from ..models import MultiTaskNet
-from .strategies import STRATEGIES, LossLevel, Strategy
+from .strategies import STRATEGIES, EngineLevel, LossLevel, Strategy
 
 __all__ = ["RunConfig", "Prepared", "StrategyRun", "prepare", "probe_batch", "task_gram", "train_strategy",
            "evaluate", "time_against_per_task_loop"]
@@ -91,6 +91,8 @@ def _backward(model: MultiTaskNet, strategy: Strategy, method: object, x: Tensor
     if strategy.level == "representation":
         feats = mf.fork(model.trunk(x), model.num_tasks, aggregator=method)
         losses = model.losses([head(f) for head, f in zip(model.task_heads, feats)], ys)
+        if method.needs_losses:  # (fork's own backward does not see the losses)
+            method.update_losses([loss.detach() for loss in losses])
         sum(losses).backward()
     else:
         losses = model.losses(model(x), ys)
@@ -170,6 +172,8 @@ def train_strategy(strategy: Strategy, train: Prepared, val: Prepared, num_class
     device = train.images.device
     model = _new_model(num_classes, seed, device)
     method = strategy.build(num_classes, seed)
+    if isinstance(method, EngineLevel):
+        method.attach(model.trunk)
     learned = method.learned_parameters(device) if isinstance(method, LossLevel) else []
     optimizer = torch.optim.Adam(list(model.parameters()) + learned, lr=config.lr)
     steps_per_epoch = max(1, train.images.shape[0] // config.batch_size)
