@@ -179,9 +179,16 @@ def _aggregate(K: int, P: int, dtype: torch.dtype, device: torch.device) -> Scen
 
 
 def gram_aggregators() -> List[type]:
-    """The Gram-based aggregators whose weights depend on G, by name (fixed weights have no solver)."""
+    """The Gram-based aggregators whose weights depend on G, by name (fixed weights have no solver; DBMTL reads
+    the losses too, so it has no weights(G) of G alone)."""
     return [mtl_fast.AlignedMTL, mtl_fast.CAGrad, mtl_fast.DualProj, mtl_fast.GradVac, mtl_fast.IMTLG,
-            mtl_fast.MGDA, mtl_fast.NashMTL, mtl_fast.PCGrad, mtl_fast.UPGrad]
+            mtl_fast.MGDA, mtl_fast.NashMTL, mtl_fast.PCGrad, mtl_fast.UPGrad, mtl_fast.ConFIG, mtl_fast.FairGrad,
+            mtl_fast.SDMGrad, mtl_fast.MoDo, mtl_fast.CRMOGM, mtl_fast.Krum, mtl_fast.Random]
+
+
+# Aggregators whose constructor needs an argument: the one the bench runs.
+_CONSTRUCTORS: Dict[str, Callable[[], GramAggregator]] = {
+    "CRMOGM": lambda: mtl_fast.CRMOGM(mtl_fast.MGDA()), "Krum": lambda: mtl_fast.Krum(1)}
 
 
 def _nash_update(aggregator: GramAggregator, J: Tensor, G: Tensor, orders: Optional[Tensor]) -> Tensor:
@@ -222,6 +229,8 @@ def _matching_kwargs(fn: Callable, source: object) -> Dict[str, Any]:
 
 
 def _make(cls: type) -> GramAggregator:
+    if cls.__name__ in _CONSTRUCTORS:
+        return _CONSTRUCTORS[cls.__name__]()
     return cls(seed=SEED) if "seed" in inspect.signature(cls).parameters else cls()
 
 
@@ -232,7 +241,7 @@ def _solver(cls: type, K: int, device: torch.device) -> Scenario:
     if name in _ENUMERATING and K > _MAX_ENUMERATED_K:
         oracle = None
     peer_cls = None
-    if _torchjd_available():
+    if _torchjd_available() and name not in _CONSTRUCTORS:  # (benchmarks/bench_zoo2.py compares those)
         import torchjd.aggregation
         peer_cls = getattr(torchjd.aggregation, f"{name}Weighting", None)
     # Only PCGrad's solver has a reference path that mtl_fast falls back on (the others' oracles are slow
@@ -335,8 +344,9 @@ def _train(net: str, level: str, K: int, batch: int, device: torch.device) -> Sc
     # TorchJD and the loop work on parameter-level Jacobians; at the representation level the floor is the
     # plain backward that fork replaces.
     peers = (["per_task_loop"] + (["torchjd"] if _torchjd_available() else [])) if level == "backward" else []
-    # backward's 'auto' takes the per-task loop on CPUs; its batched (vmap) Jacobian is timed beside it.
-    variants = ["mtl_fast_batched"] if level == "backward" else []
+    # backward's 'auto' takes the per-task loop on CPUs; its batched (vmap) Jacobian is timed beside it, and the
+    # Gram engine, the same step without the Jacobian.
+    variants = ["mtl_fast_batched", "mtl_fast_engine"] if level == "backward" else []
     names = ["mtl_fast"] + variants + ["reference"] + peers + ["sum"]
 
     def build() -> Built:
@@ -365,11 +375,20 @@ def _train(net: str, level: str, K: int, batch: int, device: torch.device) -> Sc
             _, losses = setup.forward()
             torch.autograd.backward(sum(losses))
 
-        def outputs(run: Callable[[], None], o: Tensor) -> Outputs:
+        def outputs(run: Callable[[], None], o: Tensor, on: _TrainSetup = setup) -> Outputs:
             def result() -> Tuple[Tensor, Tensor]:
                 run()
-                return setup.grads(), setup.oracle(level, o)
+                return on.grads(), on.oracle(level, o)
             return result
+
+        # The engine hooks its own copy of the network (the same seed, the same weights), so that its hooks do
+        # not run in the other methods' forwards.
+        engine_setup = _TrainSetup(K, batch, net == "large", device) if level == "backward" else None
+        engine = mtl_fast.GramEngine(engine_setup.net.trunk) if level == "backward" else None
+
+        def step_engine(aggregator: GramAggregator) -> None:
+            _, losses = engine_setup.forward()
+            engine.backward(losses, aggregator=aggregator)
 
         ours, batched, theirs = PCGrad(seed=SEED), PCGrad(seed=SEED), PCGrad(seed=SEED)
         methods = {
@@ -377,6 +396,9 @@ def _train(net: str, level: str, K: int, batch: int, device: torch.device) -> Sc
             "mtl_fast_batched": Method(
                 "mtl_fast_batched", lambda: step_backward(batched, "batched"),
                 outputs(lambda: step_backward(PCGrad(seed=SEED), "batched"), orders)),
+            "mtl_fast_engine": Method(
+                "mtl_fast_engine", lambda: step_engine(PCGrad(seed=SEED)),
+                outputs(lambda: step_engine(PCGrad(seed=SEED)), orders, engine_setup)),
             "reference": Method("reference", lambda: step_reference(theirs),
                                 outputs(lambda: step_reference(PCGrad(seed=SEED)), orders)),
             "per_task_loop": Method("per_task_loop", step_loop, outputs(step_loop, orders)),
