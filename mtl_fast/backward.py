@@ -43,6 +43,9 @@ def backward(losses: Union[Tensor, Sequence[Tensor]], shared_params: Iterable[Te
     does. With ``Sum``, ``Mean`` or ``Weighted`` no Jacobian is formed at all: this is exactly
     ``sum(w_k * L_k).backward()``. Parameters no loss reaches get no gradient.
 
+    It holds the K x P Jacobian of the shared parameters while it aggregates. For a large trunk or many tasks,
+    :class:`mtl_fast.GramEngine` gives the same gradients without it (docs/engine.md).
+
     Args:
         losses: K scalar losses (a sequence, or a 1-D tensor of them).
         shared_params: the parameters shared by the tasks (e.g. ``model.trunk.parameters()``).
