@@ -42,11 +42,27 @@ out="build/emulation-$sanitize"
 mkdir -p "$out"
 started=$SECONDS
 # The .cu files are C++ to the host compiler: the stand-in CUDA headers of csrc/emulation/include come first.
-printf '%s\0' csrc/kernels/*.cu csrc/emulation/emulated_kernels.cpp \
-  | xargs -0 -P "${MAX_JOBS:-2}" -I{} sh -c '"$0" "$@" -x c++ -c "{}" -o "'"$out"'/$(basename "{}").o"' \
-    "$CXX" "${flags[@]}"
+# Objects newer than their source, every header and this script are kept.
+newest_header="$(ls -t csrc/*.h csrc/kernels/*.h csrc/kernels/*.cuh csrc/emulation/*.h csrc/emulation/include/*.h \
+  | head -n 1)"
+stale=()
+for src in csrc/kernels/*.cu csrc/emulation/emulated_kernels.cpp; do
+  obj="$out/$(basename "$src").o"
+  if [[ ! -f "$obj" || "$src" -nt "$obj" || "$newest_header" -nt "$obj" || "$0" -nt "$obj" ]]; then
+    stale+=("$src")
+  fi
+done
+if (( ${#stale[@]} > 0 )); then
+  printf '%s\0' "${stale[@]}" \
+    | xargs -0 -P "${MAX_JOBS:-2}" -I{} sh -c '"$0" "$@" -x c++ -c "{}" -o "'"$out"'/$(basename "{}").o"' \
+      "$CXX" "${flags[@]}"
+fi
 "$CXX" "${flags[@]}" -shared "$out"/*.o -o "$out/libmtl_emulated_kernels.so"
 echo "cuda_emulation_check: built $out/libmtl_emulated_kernels.so ($sanitize) in $((SECONDS - started))s"
 
 export MTL_FAST_EMULATION_LIB="$PWD/$out/libmtl_emulated_kernels.so"
-LD_PRELOAD="$preload" "$PY" -m pytest -q -p no:cacheprovider tests/emulation "$@"
+# The interpreter itself, not a launcher script (pyenv's shims crash with TSan preloaded). --capture=sys: a
+# sanitizer's report goes to the real stderr, which pytest would otherwise hold until a test ends, and a sanitizer
+# that stops the process leaves no test to end.
+interpreter="$("$PY" -c 'import sys; print(sys.executable)')"
+LD_PRELOAD="$preload" "$interpreter" -m pytest -q -p no:cacheprovider --capture=sys tests/emulation "$@"
