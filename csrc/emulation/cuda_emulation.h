@@ -5,9 +5,9 @@
 // Semantics:
 //   - blocks run one after another; each CUDA thread of a block is an OS thread;
 //   - __shared__ variables are function-local statics: one object per declaration, shared by the threads of the
-//     running block. As blocks never overlap, that is one object per block; before each block the emulator
-//     overwrites all of them with 0xff bytes (NaN, -1), so a read before any write of the block sees garbage,
-//     as on a GPU, instead of the previous block's values (not under ASan, see kSharedSection);
+//     running block. As blocks never overlap, that is one object per block. A block sees what the previous one
+//     left there (zeros at first), where a GPU would give garbage: a read of shared memory before the block's
+//     first write goes unnoticed (unless it races with that write, which TSan reports);
 //   - __syncthreads is a barrier of the block's live threads: a thread that returned drops out, as on sm_70+;
 //     threads reaching it at different source lines fail the run (divergent barrier);
 //   - warp shuffles go through a per-warp exchange and a barrier of the warp's live lanes; the mask must name
@@ -47,15 +47,8 @@
 #define __launch_bounds__(...)
 #define __grid_constant__
 
-// Shared variables go to one ELF section, whose bounds the linker provides, so the emulator can scribble over
-// all of them before each block. ASan leaves variables in a named section without redzones, so its build keeps
-// them as plain statics: there out-of-bounds shared accesses are caught and stale reads are not.
-#if defined(__SANITIZE_ADDRESS__)
+// One object per declaration, shared by every thread that runs it: as blocks never overlap, one per block.
 #define __shared__ static
-#else
-#define MTL_EMULATION_SHARED_SECTION 1
-#define __shared__ __attribute__((section("mtl_emulation_shared"))) static
-#endif
 
 struct uint3 {
   unsigned x, y, z;
@@ -73,17 +66,12 @@ constexpr int warpSize = 32;
 
 enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorInvalidConfiguration = 9 };
 using cudaStream_t = struct CUstream_st*;
+// The attributes the launch code asks for; asking for another one does not compile.
 enum cudaDeviceAttr {
-  cudaDevAttrMaxThreadsPerBlock = 1,
   cudaDevAttrMultiProcessorCount = 16,
-  cudaDevAttrComputeCapabilityMajor = 75,
-  cudaDevAttrComputeCapabilityMinor = 76,
-  cudaDevAttrMaxThreadsPerMultiProcessor = 39,
-  cudaDevAttrSingleToDoublePrecisionPerfRatio = 87,
 };
 
 #define CUDART_NAN __longlong_as_double(0xfff8000000000000ULL)
-#define CUDART_INF __longlong_as_double(0x7ff0000000000000ULL)
 
 namespace cuda_emulation {
 
@@ -101,13 +89,11 @@ struct DeviceProfile {
   int multiprocessors;
   int blocks_per_multiprocessor;
   int threads_per_multiprocessor;
-  int major, minor;
-  int single_to_double_ratio;
 };
 inline constexpr DeviceProfile kDeviceProfiles[] = {
-    {"h100", 132, 4, 2048, 9, 0, 2},
-    {"consumer", 24, 2, 1536, 8, 9, 64},  // an RTX 4060-class card: few SMs, float64 at 1/64 rate
-    {"one_sm", 1, 1, 1024, 8, 0, 2},      // every thread of the grid walks many items
+    {"h100", 132, 4, 2048},
+    {"consumer", 24, 2, 1536},  // an RTX 4060-class card
+    {"one_sm", 1, 1, 1024},     // every thread of the grid walks many items
 };
 inline constexpr int kNumDeviceProfiles = sizeof(kDeviceProfiles) / sizeof(kDeviceProfiles[0]);
 
@@ -234,19 +220,6 @@ T exchange(unsigned mask, T value, Source source, int line) {
   return result;
 }
 
-#if defined(MTL_EMULATION_SHARED_SECTION)
-// Only the addresses of these symbols are used; a program without any __shared__ variable has no section, and
-// the weak references then stay null.
-extern "C" __attribute__((weak)) unsigned char __start_mtl_emulation_shared[];
-extern "C" __attribute__((weak)) unsigned char __stop_mtl_emulation_shared[];
-
-inline void scribble_shared_memory() {
-  if (__start_mtl_emulation_shared != nullptr)
-    std::memset(__start_mtl_emulation_shared, 0xff, __stop_mtl_emulation_shared - __start_mtl_emulation_shared);
-}
-#else
-inline void scribble_shared_memory() {}
-#endif
 
 // Waits longer than this for a block mean that its threads wait for each other in a cycle (a barrier some
 // thread never reaches): the run stops with a message instead of hanging.
@@ -269,7 +242,6 @@ class Workers {
   void run_block(dim3 grid, dim3 block, uint3 index, const std::function<void()>& body) {
     const unsigned threads = block.x * block.y * block.z;
     Block state(threads);
-    scribble_shared_memory();
     job_ = Job{grid, block, index, &state, &body};
     unfinished_ = threads;
     while (workers_.size() < threads) workers_.push_back(std::make_unique<Worker>(this, workers_.size()));
@@ -372,12 +344,7 @@ inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attribute, 
   if (device < 0 || device >= cuda_emulation::kNumDeviceProfiles) return cudaErrorInvalidValue;
   const cuda_emulation::DeviceProfile& profile = cuda_emulation::kDeviceProfiles[device];
   switch (attribute) {
-    case cudaDevAttrMaxThreadsPerBlock: *value = 1024; break;
     case cudaDevAttrMultiProcessorCount: *value = profile.multiprocessors; break;
-    case cudaDevAttrComputeCapabilityMajor: *value = profile.major; break;
-    case cudaDevAttrComputeCapabilityMinor: *value = profile.minor; break;
-    case cudaDevAttrMaxThreadsPerMultiProcessor: *value = profile.threads_per_multiprocessor; break;
-    case cudaDevAttrSingleToDoublePrecisionPerfRatio: *value = profile.single_to_double_ratio; break;
   }
   return cudaSuccess;
 }
