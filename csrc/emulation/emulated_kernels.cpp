@@ -34,6 +34,15 @@ int launch_error() { return static_cast<int>(cudaGetLastError()); }
 
 extern "C" {
 
+// The emulator's float16 and bfloat16 conversions (the kernels' from_double, from_acc) of n floats, as bits.
+int mtl_emulation_round_to_16_bits(const float* x, int64_t n, uint16_t* half, uint16_t* bfloat16) {
+  for (int64_t i = 0; i < n; ++i) {
+    half[i] = __float2half_rn(x[i]).bits;
+    bfloat16[i] = __float2bfloat16_rn(x[i]).bits;
+  }
+  return 0;
+}
+
 // 0 when `name` is a device profile of the emulator (csrc/emulation/cuda_emulation.h), -1 otherwise.
 int mtl_emulation_set_device(const char* name) { return cuda_emulation::set_device_profile(name) ? 0 : -1; }
 

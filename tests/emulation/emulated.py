@@ -24,6 +24,7 @@ class HeadsTask(ctypes.Structure):
 
 
 _SIGNATURES = {
+    "mtl_emulation_round_to_16_bits": [_ptr, _i64, _ptr, _ptr],
     "mtl_emulation_set_device": [ctypes.c_char_p],
     "mtl_emulation_gram": [_i64, _ptr, _ptr, _ptr, _i64, _ptr],
     "mtl_emulation_combine": [_i64, _ptr, _ptr, _ptr, _ptr, _ptr, _i64, _ptr],
@@ -59,6 +60,13 @@ class EmulatedKernels:
     def set_device(self, profile: str) -> None:
         if self._lib.mtl_emulation_set_device(profile.encode()) != 0:
             raise ValueError(f"no device profile {profile!r}")
+
+    def round_to_16_bits(self, x: torch.Tensor):
+        """(float16, bfloat16) of the float32 x by the emulator's conversions."""
+        x = x.float().contiguous()
+        half, bfloat16 = torch.empty_like(x, dtype=torch.float16), torch.empty_like(x, dtype=torch.bfloat16)
+        self._call("mtl_emulation_round_to_16_bits", x.data_ptr(), x.numel(), half.data_ptr(), bfloat16.data_ptr())
+        return half, bfloat16
 
     def gram(self, chunks: Sequence[torch.Tensor]) -> torch.Tensor:
         K = chunks[0].shape[0]

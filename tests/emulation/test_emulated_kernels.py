@@ -54,6 +54,17 @@ def assert_combine_close(out: torch.Tensor, chunk: torch.Tensor, weights: torch.
     assert ((got - exact).abs()[~overflow] <= bound[~overflow]).all(), (got - exact).abs().max()
 
 
+def test_16_bit_conversions_round_like_torch(kernels):
+    """The emulator's float16 / bfloat16 conversions round to nearest even, as torch's (and the GPU's) do, over
+    random bit patterns (every exponent: subnormals, overflow to inf, underflow to zero) and ties."""
+    bits = torch.randint(-2**31, 2**31 - 1, (200000,), dtype=torch.int64).to(torch.int32)
+    x = bits.view(torch.float32)
+    x = torch.cat([x[~torch.isnan(x)], torch.tensor([0.5 ** 25, 3 * 0.5 ** 26, 65520.0, 65519.0, -0.0, 2.0 ** -150])])
+    half, bfloat16 = kernels.round_to_16_bits(x)
+    assert torch.equal(half.view(torch.int16), x.to(torch.float16).view(torch.int16))
+    assert torch.equal(bfloat16.view(torch.int16), x.to(torch.bfloat16).view(torch.int16))
+
+
 # ---- gram ------------------------------------------------------------------------------------------------------
 
 
