@@ -3,6 +3,7 @@
 // reads its K rows there and writes the output once: one read of J, one write (plus one read when
 // accumulating) of the output. float64 accumulation as on the CPU: PCGrad weights can reach 1e60 where a
 // task gradient is tiny, and their products only stay finite in double.
+#include "kernels/launch_kernel.cuh"
 #include "kernels/multi_tensor.cuh"
 
 namespace mtl_fast {
@@ -56,7 +57,7 @@ void combine_launch(const Chunk* chunks, int64_t num_chunks, int64_t K, const do
       const auto kernel = combine_kernel<decltype(tag)>;
       const int64_t resident = resident_blocks(reinterpret_cast<const void*>(kernel));
       const int64_t blocks = std::max<int64_t>(1, std::min(ceil_div(batch.items, kThreads), resident));
-      kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(batch.table, K, weights);
+      launch_kernel(kernel, static_cast<unsigned>(blocks), kThreads, stream, batch.table, K, weights);
     });
   }
 }

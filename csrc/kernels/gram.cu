@@ -10,6 +10,7 @@
 // Products are taken in float64 because float32 gradients at 1e+-30 overflow or flush to zero in float32
 // products; on float32 input the float64 product is exact.
 #include "kernels/common.h"
+#include "kernels/launch_kernel.cuh"
 #include "kernels/multi_tensor.cuh"
 
 namespace mtl_fast {
@@ -208,14 +209,14 @@ void gram_launch(const Chunk* chunks, int64_t num_chunks, int64_t K, double* wor
     const Batch& batch = plan.batches[b];
     const dim3 grid(static_cast<unsigned>(plan.tiles), static_cast<unsigned>(plan.slabs[b]));
     dispatch_dtype(batch.dtype, [&](auto tag) {
-      partial_kernel<decltype(tag)>(K)<<<grid, kThreads, 0, stream>>>(batch.table, K, plan.row_blocks, first_row,
-                                                                      plan.rows, workspace);
+      launch_kernel(partial_kernel<decltype(tag)>(K), grid, kThreads, stream, batch.table, K, plan.row_blocks,
+                    first_row, plan.rows, workspace);
     });
     first_row += plan.slabs[b];
   }
   const int64_t blocks = ceil_div(K * K * 32, kThreads);
-  gram_finish_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(workspace, K, plan.tile_rows,
-                                                                              plan.row_blocks, plan.rows, out);
+  launch_kernel(gram_finish_kernel, static_cast<unsigned>(blocks), kThreads, stream, workspace, K, plan.tile_rows,
+                plan.row_blocks, plan.rows, out);
 }
 
 }  // namespace cuda

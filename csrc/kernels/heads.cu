@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "kernels/heads.h"
+#include "kernels/launch_kernel.cuh"
 #include "kernels/multi_tensor.cuh"
 
 namespace mtl_fast {
@@ -206,9 +207,9 @@ void heads_loss_launch(Dtype dtype, const void* logits, int64_t batch, int64_t w
     using T = decltype(tag);
     using A = typename Acc<T>::type;
     for_each_table(tasks, num_tasks, [&](const TaskTable& table) {
-      heads_loss_kernel<T><<<table.count, kHeadsThreads, 0, stream>>>(
-          table, static_cast<const T*>(logits), batch, width, class_targets, static_cast<const A*>(value_targets),
-          value_width, ignore_index, reduction, static_cast<A*>(losses), static_cast<T*>(grad));
+      launch_kernel(heads_loss_kernel<T>, static_cast<unsigned>(table.count), kHeadsThreads, stream, table,
+                    static_cast<const T*>(logits), batch, width, class_targets, static_cast<const A*>(value_targets),
+                    value_width, ignore_index, reduction, static_cast<A*>(losses), static_cast<T*>(grad));
     });
   });
 }
@@ -225,9 +226,9 @@ void heads_loss_backward_launch(Dtype dtype, const void* grad_losses, bool per_s
     using A = typename Acc<T>::type;
     for_each_table(tasks, num_tasks, [&](const TaskTable& table) {
       const dim3 grid(blocks, static_cast<unsigned>(table.count));
-      heads_loss_backward_kernel<T><<<grid, kHeadsThreads, 0, stream>>>(
-          table, static_cast<const A*>(grad_losses), per_sample, static_cast<const T*>(grad), batch, width,
-          static_cast<T*>(out));
+      launch_kernel(heads_loss_backward_kernel<T>, grid, kHeadsThreads, stream, table,
+                    static_cast<const A*>(grad_losses), per_sample, static_cast<const T*>(grad), batch, width,
+                    static_cast<T*>(out));
     });
   });
 }

@@ -4,6 +4,7 @@
 // that nothing leaves the GPU, not the speed of this small solve.
 #include <math_constants.h>
 
+#include "kernels/launch_kernel.cuh"
 #include "kernels/nonneg_qp_launch.h"
 
 namespace mtl_fast {
@@ -57,21 +58,21 @@ void nonneg_qp_launch(const double* M, const double* Q, int64_t B, int64_t K, bo
                       int64_t max_iter, int64_t patience, double* Z, double* work, int* iwork,
                       cudaStream_t stream) {
   if (B == 0) return;
-  nonneg_qp_kernel<<<blocks_for(B), kThreads, 0, stream>>>(M, Q, B, K, simplex, tol, max_iter, patience, Z, work,
-                                                           iwork);
+  launch_kernel(nonneg_qp_kernel, blocks_for(B), kThreads, stream, M, Q, B, K, simplex, tol, max_iter, patience, Z,
+                work, iwork);
 }
 
 void qp_weights_launch(const double* G, const double* pref, int64_t K, QpMethod method, double regularization,
                        double tol, int64_t max_iter, int64_t patience, double* M, double* Q, double* Z,
                        double* work, int* iwork, double* weights, cudaStream_t stream) {
   if (qp_has_closed_form(method, K)) {
-    qp_closed_form_kernel<<<1, kThreads, 0, stream>>>(G, K, weights);
+    launch_kernel(qp_closed_form_kernel, 1, kThreads, stream, G, K, weights);
     return;
   }
-  qp_prepare_kernel<<<1, kThreads, 0, stream>>>(G, pref, K, method, regularization, M, Q);
+  launch_kernel(qp_prepare_kernel, 1, kThreads, stream, G, pref, K, method, regularization, M, Q);
   nonneg_qp_launch(M, Q, qp_problem_count(method, K), K, /*simplex=*/false, tol, max_iter, patience, Z, work,
                    iwork, stream);
-  qp_finish_kernel<<<1, kThreads, 0, stream>>>(G, Z, pref, K, method, weights);
+  launch_kernel(qp_finish_kernel, 1, kThreads, stream, G, Z, pref, K, method, weights);
 }
 
 }  // namespace cuda

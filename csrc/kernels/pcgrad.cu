@@ -3,6 +3,7 @@
 #include <math_constants.h>
 
 #include "kernels/launch.h"
+#include "kernels/launch_kernel.cuh"
 #include "kernels/pcgrad.h"
 
 namespace mtl_fast {
@@ -27,7 +28,7 @@ void pcgrad_weights_launch(const double* gram, const int64_t* orders, int64_t K,
                            double* weights, cudaStream_t stream) {
   const int64_t warps = (K + 31) / 32;
   const int threads = static_cast<int>(warps * 32 < kMaxThreads ? warps * 32 : kMaxThreads);
-  pcgrad_weights_kernel<<<1, threads, 0, stream>>>(gram, orders, K, coef, weights);
+  launch_kernel(pcgrad_weights_kernel, 1, threads, stream, gram, orders, K, coef, weights);
 }
 
 }  // namespace cuda
