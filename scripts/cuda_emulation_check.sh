@@ -31,6 +31,8 @@ case "$sanitize" in
     flags+=(-O1 -fsanitize=thread)
     preload="$("$CXX" -print-file-name=libtsan.so)"
     export TSAN_OPTIONS="halt_on_error=1:${TSAN_OPTIONS:-}"
+    # torch's own OpenMP threads (libgomp is not instrumented) would show TSan races that are not ours.
+    export OMP_NUM_THREADS=1
     ;;
   *)
     echo "usage: $0 [--sanitize address|thread] [pytest arguments]" >&2
