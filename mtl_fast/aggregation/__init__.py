@@ -6,7 +6,7 @@ the update sum_k w_k g_k; ``aggregator.weights(G)`` calls it, and any state the 
 """
 from ._qp import QP_REGULARIZATION, QP_TOLERANCE, solve_nonnegative_qp
 from .aligned_mtl import AlignedMTL, AlignedMTLWeighting
-from .bases import Aggregator, FixedWeighting, GramAggregator, Weighting
+from .bases import Aggregator, FixedWeighting, GramAggregator, SeededWeighting, Weighting
 from .cagrad import CAGrad, CAGradWeighting
 from .config import ConFIG, ConFIGWeighting
 from .crmogm import CRMOGM, CRMOGMWeighting
@@ -30,7 +30,7 @@ from .trimmed_mean import TrimmedMean
 from .upgrad import UPGrad, UPGradWeighting
 
 __all__ = [
-    "Aggregator", "GramAggregator", "Weighting", "FixedWeighting",
+    "Aggregator", "GramAggregator", "Weighting", "SeededWeighting", "FixedWeighting",
     "Sum", "Mean", "Weighted", "SumWeighting", "MeanWeighting", "ConstantWeighting",
     "PCGrad", "PCGradWeighting", "draw_pcgrad_orders",
     "MGDA", "MGDAWeighting", "DualProj", "DualProjWeighting", "UPGrad", "UPGradWeighting",

@@ -15,8 +15,9 @@ from torch import Tensor
 
 from .. import _ops
 from .._checks import Jacobian, as_chunks, check_gram
+from ._utils import DeviceGenerators
 
-__all__ = ["Aggregator", "Weighting", "FixedWeighting", "GramAggregator"]
+__all__ = ["Aggregator", "Weighting", "SeededWeighting", "FixedWeighting", "GramAggregator"]
 
 
 class Aggregator(ABC):
@@ -75,6 +76,24 @@ class Weighting(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+class SeededWeighting(Weighting):
+    """A weighting whose only state is its random generators (one per device, seeded with ``seed``): its
+    ``state_dict`` holds their state, so that a resumed seeded run draws what an uninterrupted one would."""
+
+    def __init__(self, seed: Optional[int] = None) -> None:
+        self.generators = DeviceGenerators(seed)
+
+    @property
+    def seed(self) -> Optional[int]:
+        return self.generators.seed
+
+    def state_dict(self) -> Dict[str, object]:
+        return {"generators": self.generators.state_dict()}
+
+    def load_state_dict(self, state: Dict[str, object]) -> None:
+        self.generators.load_state_dict(state["generators"])
 
 
 class FixedWeighting(Weighting):

@@ -1,15 +1,14 @@
 """PCGrad (Yu et al. 2020): gradient surgery, run on coefficients of the task gradients."""
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
 
 from .. import _ops
 from .._checks import check_gram
-from ._utils import DeviceGenerators
-from .bases import GramAggregator, Weighting
+from .bases import GramAggregator, SeededWeighting
 
 __all__ = ["PCGrad", "PCGradWeighting", "draw_pcgrad_orders", "check_orders"]
 
@@ -28,19 +27,12 @@ def check_orders(orders: Tensor, K: int) -> None:
                          f"{getattr(orders, 'dtype', type(orders).__name__)} {tuple(getattr(orders, 'shape', ()))}")
 
 
-class PCGradWeighting(Weighting):
+class PCGradWeighting(SeededWeighting):
     """PCGrad's weights from G (see :class:`PCGrad`).
 
     Args:
         seed: seeds the visiting orders (one generator per device); None draws from torch's global generator.
     """
-
-    def __init__(self, seed: Optional[int] = None) -> None:
-        self.generators = DeviceGenerators(seed)
-
-    @property
-    def seed(self) -> Optional[int]:
-        return self.generators.seed
 
     def orders(self, K: int, device: torch.device) -> Tensor:
         """Draws the next (K, K-1) visiting orders."""
@@ -54,13 +46,6 @@ class PCGradWeighting(Weighting):
         else:
             check_orders(orders, K)
         return _ops.pcgrad_weights(G, orders)
-
-    def state_dict(self) -> Dict[str, object]:
-        """The generators' state: a resumed seeded run draws the orders an uninterrupted one would."""
-        return {"generators": self.generators.state_dict()}
-
-    def load_state_dict(self, state: Dict[str, object]) -> None:
-        self.generators.load_state_dict(state["generators"])
 
     def __repr__(self) -> str:
         return f"PCGradWeighting(seed={self.seed})"

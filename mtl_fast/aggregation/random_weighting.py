@@ -1,40 +1,30 @@
 """Random weights (RLW at the gradient level, Lin et al. 2022)."""
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
 
 from .._checks import check_gram
 from .._nonfinite import nan_unless
-from ._utils import DeviceGenerators
-from .bases import GramAggregator, Weighting
+from .bases import GramAggregator, SeededWeighting
 
 __all__ = ["Random", "RandomWeighting"]
 
 
-class RandomWeighting(Weighting):
+class RandomWeighting(SeededWeighting):
     """w = softmax(z), z ~ N(0, I_K), drawn on G's device (see :class:`Random`).
 
     Args:
         seed: seeds this weighting's generator (one per device); None: torch's global one.
     """
 
-    def __init__(self, seed: Optional[int] = None) -> None:
-        self.generators = DeviceGenerators(seed)
 
     def __call__(self, G: Tensor) -> Tensor:
         K = check_gram(G)
         z = torch.randn(K, dtype=torch.float64, device=G.device, generator=self.generators.get(G.device))
         return nan_unless(torch.isfinite(G).all(), torch.softmax(z, 0))
-
-    def state_dict(self) -> Dict[str, object]:
-        """The generators' state: a resumed seeded run draws what an uninterrupted one would."""
-        return {"generators": self.generators.state_dict()}
-
-    def load_state_dict(self, state: Dict[str, object]) -> None:
-        self.generators.load_state_dict(state["generators"])
 
     def __repr__(self) -> str:
         return f"RandomWeighting(seed={self.generators.seed})"
