@@ -1,10 +1,10 @@
 // CPU Gram matrix of a chunked Jacobian: one pass over J, all K(K+1)/2 products.
 //
 // Accumulation: every tile's sums are added up in float64. Within a tile, float32 input is multiplied and
-// summed in float32 (twice the SIMD width of float64) whenever the tile's values are in a range where no
-// product or sum can overflow and no product that matters can underflow; otherwise, and for every other
-// dtype, the tile is computed in float64. So gradients at 1e-30 or 1e30 stay exact in scale, and ordinary
-// ones take the fast path.
+// summed in float32 (twice the SIMD width of float64) whenever the tile's rows pass the range rule of
+// kernels/common.h (no product or sum can overflow and no product that matters can underflow); otherwise, and
+// for every other dtype, the tile is computed in float64. So gradients at 1e-30 or 1e30 stay exact in scale,
+// and ordinary ones take the fast path.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -27,8 +27,9 @@ constexpr int64_t kRangeCols = int64_t(1) << 15;
 // vectors per 16 products. A partial block repeats row K-1 and ignores its products.
 constexpr int64_t kBlockRows = 4;
 
-// Columns per pass over the block pairs: the K rows of a tile stay in L2 while every pair reads them.
-constexpr int64_t kTileCols = 2048;
+// Columns per pass over the block pairs: the K rows of a tile stay in L2 while every pair reads them. A float32
+// tile's sums are lane sums of Vec16f: kFloat32Terms products to each lane (kernels/common.h).
+constexpr int64_t kTileCols = 16 * kFloat32Terms;
 
 // out[x][y] = <A[x], B[y]> over len columns, summed in Vec's lanes (float64: Vec8d, or float32: Vec16f, whose
 // lane sums cover at most kTileCols / 16 products) and totalled in float64. The column order within a lane is
@@ -56,11 +57,8 @@ MTL_CPU_CLONES void dot_block_4x4(const scalar_t* const* A, const scalar_t* cons
     }
 }
 
-// True when float32 arithmetic is safe for these rows: every row is all zeros or has its largest magnitude m
-// in [2^-48, 2^56]. Then no product exceeds 2^112 and no sum of kTileCols of them 2^127 (< FLT_MAX), and the
-// products lost to underflow (< 2^-126 each) weigh less than 2^-60 of m_a m_b, itself at most |a| |b|.
+// Whether float32 arithmetic is safe for these rows by the range rule of kernels/common.h.
 MTL_CPU_CLONES bool fits_float32(const float* const* rows, int64_t K, int64_t len) {
-  constexpr float kLow = 0x1p-48f, kHigh = 0x1p56f;
   for (int64_t k = 0; k < K; ++k) {
     // NaNs compare false and are skipped here; either path propagates them into the sums alike.
     Vec16f m = {};
@@ -72,7 +70,7 @@ MTL_CPU_CLONES bool fits_float32(const float* const* rows, int64_t K, int64_t le
     float row_max = 0.0f;
     for (int l = 0; l < 16; ++l) row_max = std::max(row_max, m[l]);
     for (; t < len; ++t) row_max = std::max(row_max, std::fabs(rows[k][t]));
-    if (!(row_max == 0.0f || (row_max >= kLow && row_max <= kHigh))) return false;
+    if (!float32_products_fit(row_max)) return false;
   }
   return true;
 }

@@ -8,8 +8,8 @@
 //     running block. As blocks never overlap, that is one object per block. A block sees what the previous one
 //     left there (zeros at first), where a GPU would give garbage: a read of shared memory before the block's
 //     first write goes unnoticed (unless it races with that write, which TSan reports);
-//   - __syncthreads is a barrier of the block's live threads: a thread that returned drops out, as on sm_70+;
-//     threads reaching it at different source lines fail the run (divergent barrier);
+//   - __syncthreads (and __syncthreads_or) is a barrier of the block's live threads: a thread that returned drops
+//     out, as on sm_70+; threads reaching different barriers (call sites) fail the run (divergent barrier);
 //   - warp shuffles go through a per-warp exchange and a barrier of the warp's live lanes; the mask must name
 //     every lane of the warp, every lane must take part at the same source line, and none may have exited;
 //   - device attributes and occupancy answer with the figures of a chosen device profile (set_device_profile).
@@ -30,6 +30,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <source_location>
 #include <thread>
 #include <tuple>
 #include <type_traits>
@@ -119,10 +120,11 @@ class Barrier {
   // Before any member arrives.
   void reset(int members) { state_ = static_cast<uint64_t>(members) << 32; }
 
-  void arrive_and_wait(int line) {
-    int expected = 0;
-    if (!line_.compare_exchange_strong(expected, line) && expected != line)
-      fail("divergent barrier: threads of one group wait at different source lines", line);
+  // site: what identifies the barrier (non-zero); line: the kernel source line, for messages.
+  void arrive_and_wait(uintptr_t site, int line) {
+    uintptr_t expected = 0;
+    if (!site_.compare_exchange_strong(expected, site) && expected != site)
+      fail("divergent barrier: threads of one group wait at different barriers", line);
     const uint32_t phase = phase_.load(std::memory_order_acquire);
     uint64_t state = state_.load(std::memory_order_relaxed);
     uint64_t next;
@@ -151,14 +153,14 @@ class Barrier {
 
   // Every member has arrived, none can arrive again before the phase changes.
   void release() {
-    line_.store(0, std::memory_order_relaxed);
+    site_.store(0, std::memory_order_relaxed);
     phase_.fetch_add(1, std::memory_order_release);
     futex_wake(phase_, INT32_MAX);
   }
 
   std::atomic<uint64_t> state_{0};
   std::atomic<uint32_t> phase_{0};
-  std::atomic<int> line_{0};
+  std::atomic<uintptr_t> site_{0};
 };
 
 // One warp's shuffle exchange. Rounds alternate between two slot rows: a lane writes row r % 2 only after
@@ -185,11 +187,15 @@ struct Block {
   }
   Barrier barrier;
   std::unique_ptr<Warp[]> warps;
+  // __syncthreads_or: vote v goes to votes[v % 3]. After vote v's barrier every thread has read vote v - 1,
+  // so its slot can be cleared for vote v + 2, which no thread reaches before all pass vote v + 1's barrier.
+  std::atomic<int> votes[3] = {};
 };
 
 // The running block of this OS thread and the number of shuffles this CUDA thread has taken part in.
 inline thread_local Block* current_block = nullptr;
 inline thread_local uint64_t shuffle_rounds = 0;
+inline thread_local uint64_t block_votes = 0;
 
 inline unsigned linear_thread() { return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z); }
 
@@ -207,7 +213,7 @@ T exchange(unsigned mask, T value, Source source, int line) {
   std::memcpy(&mine.bits, &value, sizeof(T));
   mine.round = round;
   mine.line = line;
-  warp.barrier.arrive_and_wait(line);
+  warp.barrier.arrive_and_wait(static_cast<uintptr_t>(line), line);
   for (unsigned other = 0; other < 32; ++other) {
     if (!(mask >> other & 1u)) continue;
     const Warp::Slot& theirs = warp.slots[round % 2][other];
@@ -281,6 +287,7 @@ class Workers {
       gridDim = job.grid;
       current_block = job.state;
       shuffle_rounds = 0;
+      block_votes = 0;
       (*job.body)();
       job.state->warps[t / 32].barrier.leave();
       job.state->barrier.leave();
@@ -359,7 +366,31 @@ inline cudaError_t cudaGetLastError() { return static_cast<cudaError_t>(cuda_emu
 
 // ---- device functions ----------------------------------------------------------------------------------------
 
-inline void __syncthreads(int line = __builtin_LINE()) { cuda_emulation::current_block->barrier.arrive_and_wait(line); }
+namespace cuda_emulation {
+// What tells one __syncthreads from another: the function it is in, with its template arguments (GCC's
+// function_name() is the full signature), and the line. The line alone would merge the same line of two
+// instantiations of a template, which are two barriers on a GPU.
+inline std::pair<uintptr_t, int> barrier_site(const std::source_location& where) {
+  return {reinterpret_cast<uintptr_t>(where.function_name()) * 131 + where.line(), static_cast<int>(where.line())};
+}
+}  // namespace cuda_emulation
+
+inline void __syncthreads(std::source_location where = std::source_location::current()) {
+  const auto [site, line] = cuda_emulation::barrier_site(where);
+  cuda_emulation::current_block->barrier.arrive_and_wait(site, line);
+}
+
+// __syncthreads, returning non-zero when the predicate is non-zero for any live thread of the block.
+inline int __syncthreads_or(int predicate, std::source_location where = std::source_location::current()) {
+  const auto [site, line] = cuda_emulation::barrier_site(where);
+  cuda_emulation::Block& block = *cuda_emulation::current_block;
+  const uint64_t vote = cuda_emulation::block_votes++;
+  if (predicate) block.votes[vote % 3].fetch_or(1, std::memory_order_relaxed);
+  block.barrier.arrive_and_wait(site, line);
+  const int result = block.votes[vote % 3].load(std::memory_order_relaxed);
+  if (cuda_emulation::linear_thread() == 0) block.votes[(vote + 2) % 3].store(0, std::memory_order_relaxed);
+  return result;
+}
 
 template <typename T>
 T __shfl_down_sync(unsigned mask, T value, unsigned delta, int width = warpSize, int line = __builtin_LINE()) {

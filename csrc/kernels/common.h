@@ -34,6 +34,18 @@ MTL_HD scalar_t combined_weight(const scalar_t* coef, int64_t K, int64_t j) {
   return total;
 }
 
+// The range rule of the Gram kernels (CPU and CUDA): float32 values may be multiplied and summed in float32, at
+// most kFloat32Terms products to a sum that is then added to a float64 total, when each row they come from is
+// all zeros or has its largest magnitude m (over the columns in question) in [2^-48, 2^56]. Then no product
+// exceeds 2^112 and no such sum 2^119 (< FLT_MAX), and a product lost to underflow (below 2^-126) is under
+// 2^-30 of m_a m_b <= |a| |b|, less than the rounding error float32 sums have anyway. Gradients near 1e+-30
+// fail the rule and take float64 products, so they stay exact in scale.
+constexpr int kFloat32Terms = 128;
+
+MTL_HD inline bool float32_products_fit(float largest_magnitude) {
+  return largest_magnitude == 0.0f || (largest_magnitude >= 0x1p-48f && largest_magnitude <= 0x1p56f);
+}
+
 }  // namespace mtl_fast
 
 namespace mtl_fast {

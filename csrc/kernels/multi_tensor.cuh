@@ -139,6 +139,11 @@ __device__ __forceinline__ double to_double(double x) { return x; }
 __device__ __forceinline__ double to_double(__half x) { return __half2float(x); }
 __device__ __forceinline__ double to_double(__nv_bfloat16 x) { return __bfloat162float(x); }
 
+// float32 of every narrower dtype is exact (the float32 products of the Gram kernel); double has no such use.
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+
 template <typename T>
 __device__ __forceinline__ T from_double(double x);
 template <>

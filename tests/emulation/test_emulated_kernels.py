@@ -32,12 +32,27 @@ def mixed_chunks(K: int, dtype: torch.dtype, scale: float = 1.0):
     return [make_chunk(K, cols, dtype, scale, offset=c % 2) for c, cols in enumerate(MIXED_COLUMNS)]
 
 
-def assert_gram_close(G: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-12):
-    """Entrywise |G - expected| <= rtol sqrt(G_ii G_jj) (float64 sums in another order), and symmetry."""
+# gram multiplies float64 input in float64 (its sums in another order than the reference's: 1e-12), and
+# narrower input in float32 wherever the range rule lets it (sums of at most 128 float32 products: 2e-6, as the
+# CPU kernel). Rows out of the rule's range are multiplied in float64 again, so values near 1e+-30 keep 1e-12.
+FLOAT64_GRAM_RTOL, FLOAT32_GRAM_RTOL = 1e-12, 2e-6
+
+
+def gram_rtol(dtype: torch.dtype, scale: float = 1.0) -> float:
+    in_float32_range = 2.0 ** -48 <= scale <= 2.0 ** 50
+    return FLOAT32_GRAM_RTOL if dtype != torch.float64 and in_float32_range else FLOAT64_GRAM_RTOL
+
+
+def gram_errors(G: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
+    """|G - expected| / sqrt(G_ii G_jj), the error relative to the scale of each dot product."""
     diagonal = expected.diagonal().abs()
-    bound = rtol * torch.sqrt(diagonal[:, None] * diagonal[None, :]) + 1e-300
+    return (G - expected).abs() / (torch.sqrt(diagonal[:, None] * diagonal[None, :]) + 1e-300)
+
+
+def assert_gram_close(G: torch.Tensor, expected: torch.Tensor, rtol: float = FLOAT64_GRAM_RTOL):
+    """Entrywise |G - expected| <= rtol sqrt(G_ii G_jj), and symmetry."""
     assert torch.equal(G, G.T)
-    assert ((G - expected).abs() <= bound).all(), (G - expected).abs().max()
+    assert (gram_errors(G, expected) <= rtol).all(), gram_errors(G, expected).max()
 
 
 def assert_combine_close(out: torch.Tensor, chunk: torch.Tensor, weights: torch.Tensor, prior=None):
@@ -68,22 +83,30 @@ def test_16_bit_conversions_round_like_torch(kernels):
 # ---- gram ------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("K", list(range(1, 18)) + [24, 31, 33, 64])
-def test_gram_every_tile_shape(kernels, K):
+TILE_SHAPE_KS = list(range(1, 18)) + [24, 31, 33, 64]
+
+
+# Float32 products for every K; float64 ones (the same tiles, other sums) for a tile of each size, one partial
+# and one whole row block of 8 beside the diagonal, and the packed triangle of 5 row blocks.
+@pytest.mark.parametrize("K, dtype", [(K, torch.float32) for K in TILE_SHAPE_KS]
+                         + [(K, torch.float64) for K in (1, 2, 3, 4, 5, 8, 9, 16, 33)])
+def test_gram_every_tile_shape(kernels, K, dtype):
     """Tiles of 2, 4 and 8 rows, one tile or the packed triangle of tiles, partial last row blocks."""
-    chunks = mixed_chunks(K, torch.float32)
-    assert_gram_close(kernels.gram(chunks), reference.gram(chunks))
+    chunks = mixed_chunks(K, dtype)
+    assert_gram_close(kernels.gram(chunks), reference.gram(chunks), gram_rtol(dtype))
 
 
-@pytest.mark.parametrize("profile", DEVICE_PROFILES)
+# The float32 plan is the same on every device: as many slabs as keep each thread within 128 columns.
+@pytest.mark.parametrize("profile, dtype", [(p, torch.float64) for p in DEVICE_PROFILES] + [("h100", torch.float32)])
 @pytest.mark.parametrize("K, cols", [(3, 26000), (9, 1500)])
-def test_gram_grid_plans(kernels, profile, K, cols):
-    """Columns enough that the grid plans differ: as many slabs as the items need (h100), slabs capped by a small
-    device (consumer, for K = 3), or one slab whose threads walk every item (one_sm)."""
+def test_gram_grid_plans(kernels, profile, dtype, K, cols):
+    """Columns enough that the grid plans differ. Float64: as many slabs as the items need (h100), slabs capped
+    by a small device (consumer, for K = 3), or one slab whose threads walk every item (one_sm). Float32: many
+    slabs of threads with a few items each."""
     kernels.set_device(profile)
     try:
-        chunks = [make_chunk(K, cols, torch.float32), make_chunk(K, 1001, torch.float32, offset=1)]
-        assert_gram_close(kernels.gram(chunks), reference.gram(chunks))
+        chunks = [make_chunk(K, cols, dtype), make_chunk(K, 1001, dtype, offset=1)]
+        assert_gram_close(kernels.gram(chunks), reference.gram(chunks), gram_rtol(dtype))
     finally:
         kernels.set_device("h100")
 
@@ -93,9 +116,52 @@ def test_gram_dtypes_and_scales(kernels, device, dtype):
     for scale in SCALES[dtype]:
         chunks = mixed_chunks(5, dtype, scale)
         G = kernels.gram(chunks)
-        assert_gram_close(G, reference.gram(chunks))
+        assert_gram_close(G, reference.gram(chunks), gram_rtol(dtype, scale))
         if mf.backend() != "python":
             assert_gram_close(G, mf.gram(chunks), rtol=1e-5)
+
+
+def test_gram_takes_float32_products_in_range(kernels):
+    """Float32 input in range is multiplied in float32: within float32's rounding of the float64 reference, and
+    not equal to it, as float64 products of float32 input would be (to 1e-12). (Float32 products of 16-bit
+    input are exact, and their short sums here too.)"""
+    chunks = mixed_chunks(12, torch.float32)
+    errors = gram_errors(kernels.gram(chunks), reference.gram(chunks))
+    assert (errors <= FLOAT32_GRAM_RTOL).all() and errors.max() > FLOAT64_GRAM_RTOL
+
+
+@pytest.mark.parametrize("K, row", [(5, 3), (12, 10), (12, 1)])
+@pytest.mark.parametrize("scale", [1e-42, 1e-30, 1e30, 1e37])
+def test_gram_rows_out_of_float32_range_take_float64_products(kernels, K, row, scale):
+    """One task's gradient far out of float32's product range (1e-42 is subnormal in float32; 1e37 squared
+    overflows): every block whose tile holds that row takes float64 products again, so the row's dot products
+    are exact where float32 ones would flush to zero, lose their digits or overflow. Row 10 of 12 is a tile's
+    second row block (off-diagonal tiles (0, 1)), row 1 its first."""
+    chunks = mixed_chunks(K, torch.float64)
+    for chunk in chunks:
+        chunk[row] *= scale
+    chunks = [chunk.float() for chunk in chunks]
+    errors = gram_errors(kernels.gram(chunks), reference.gram(chunks))
+    assert (errors[row] <= FLOAT64_GRAM_RTOL).all(), errors[row].max()
+    assert (errors <= FLOAT32_GRAM_RTOL).all(), errors.max()
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_gram_carries_inf_and_nan_like_the_reference(kernels, bad):
+    chunks = mixed_chunks(12, torch.float32)
+    chunks[3][2, 5] = bad
+    G, expected = kernels.gram(chunks), reference.gram(chunks)
+    assert torch.equal(torch.isnan(G), torch.isnan(expected)) and torch.equal(torch.isinf(G), torch.isinf(expected))
+    finite = torch.isfinite(expected)
+    assert (gram_errors(G, expected)[finite] <= FLOAT32_GRAM_RTOL).all()
+
+
+def test_gram_of_a_zero_row_is_exactly_zero(kernels):
+    chunks = mixed_chunks(12, torch.float32)
+    for chunk in chunks:
+        chunk[4] = 0.0
+    G = kernels.gram(chunks)
+    assert torch.equal(G[4], torch.zeros(12, dtype=torch.float64))
 
 
 def test_gram_chunk_list_longer_than_one_launch(kernels, device):
@@ -103,7 +169,7 @@ def test_gram_chunk_list_longer_than_one_launch(kernels, device):
     write their own rows of the scratch."""
     columns = [0, 3, 8, 1, 16, 5]
     chunks = [make_chunk(3, columns[c % len(columns)], FLOAT_DTYPES[c % 4], offset=c % 3) for c in range(4 * 100)]
-    assert_gram_close(kernels.gram(chunks), reference.gram(chunks))
+    assert_gram_close(kernels.gram(chunks), reference.gram(chunks), FLOAT32_GRAM_RTOL)
 
 
 def test_gram_only_empty_chunks_is_zero(kernels):
