@@ -20,6 +20,15 @@ def random_chunks(K: int, shapes: Sequence[tuple], dtype=torch.float32, scale: f
     return chunks
 
 
+def cuda_gram_rtol(dtype: torch.dtype, scale: float = 1.0) -> float:
+    """Tolerance of the CUDA gram against the float64 reference, relative to |g_a| |g_b|: float64 input takes
+    float64 products (other sums than the reference's: 1e-12); narrower input takes float32 ones where the range
+    rule of csrc/kernels/common.h allows (sums of at most 128 of them: 2e-6, as the CPU kernel's float32 tiles),
+    and float64 ones again for rows out of its range (gradients near 1e+-30)."""
+    in_float32_range = 2.0 ** -48 <= scale <= 2.0 ** 50
+    return 2e-6 if dtype != torch.float64 and in_float32_range else 1e-12
+
+
 def origin_batch(K: int = 3, batch: int = 8, seed: int = 0):
     """The classic MTL network with K 10-class heads and a random batch."""
     torch.manual_seed(seed)

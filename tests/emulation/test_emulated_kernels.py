@@ -10,6 +10,8 @@ import mtl_fast as mf
 from mtl_fast import reference
 from mtl_fast.aggregation import _qp
 
+from helpers import cuda_gram_rtol
+
 from .emulated import DEVICE_PROFILES
 
 FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -32,15 +34,7 @@ def mixed_chunks(K: int, dtype: torch.dtype, scale: float = 1.0):
     return [make_chunk(K, cols, dtype, scale, offset=c % 2) for c, cols in enumerate(MIXED_COLUMNS)]
 
 
-# gram multiplies float64 input in float64 (its sums in another order than the reference's: 1e-12), and
-# narrower input in float32 wherever the range rule lets it (sums of at most 128 float32 products: 2e-6, as the
-# CPU kernel). Rows out of the rule's range are multiplied in float64 again, so values near 1e+-30 keep 1e-12.
-FLOAT64_GRAM_RTOL, FLOAT32_GRAM_RTOL = 1e-12, 2e-6
-
-
-def gram_rtol(dtype: torch.dtype, scale: float = 1.0) -> float:
-    in_float32_range = 2.0 ** -48 <= scale <= 2.0 ** 50
-    return FLOAT32_GRAM_RTOL if dtype != torch.float64 and in_float32_range else FLOAT64_GRAM_RTOL
+FLOAT64_GRAM_RTOL, FLOAT32_GRAM_RTOL = cuda_gram_rtol(torch.float64), cuda_gram_rtol(torch.float32)
 
 
 def gram_errors(G: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
@@ -93,7 +87,7 @@ TILE_SHAPE_KS = list(range(1, 18)) + [24, 31, 33, 64]
 def test_gram_every_tile_shape(kernels, K, dtype):
     """Tiles of 2, 4 and 8 rows, one tile or the packed triangle of tiles, partial last row blocks."""
     chunks = mixed_chunks(K, dtype)
-    assert_gram_close(kernels.gram(chunks), reference.gram(chunks), gram_rtol(dtype))
+    assert_gram_close(kernels.gram(chunks), reference.gram(chunks), cuda_gram_rtol(dtype))
 
 
 # The float32 plan is the same on every device: as many slabs as keep each thread within 128 columns.
@@ -106,7 +100,7 @@ def test_gram_grid_plans(kernels, profile, dtype, K, cols):
     kernels.set_device(profile)
     try:
         chunks = [make_chunk(K, cols, dtype), make_chunk(K, 1001, dtype, offset=1)]
-        assert_gram_close(kernels.gram(chunks), reference.gram(chunks), gram_rtol(dtype))
+        assert_gram_close(kernels.gram(chunks), reference.gram(chunks), cuda_gram_rtol(dtype))
     finally:
         kernels.set_device("h100")
 
@@ -116,7 +110,7 @@ def test_gram_dtypes_and_scales(kernels, device, dtype):
     for scale in SCALES[dtype]:
         chunks = mixed_chunks(5, dtype, scale)
         G = kernels.gram(chunks)
-        assert_gram_close(G, reference.gram(chunks), gram_rtol(dtype, scale))
+        assert_gram_close(G, reference.gram(chunks), cuda_gram_rtol(dtype, scale))
         if mf.backend() != "python":
             assert_gram_close(G, mf.gram(chunks), rtol=1e-5)
 
