@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional
 
 import torch
 
@@ -174,9 +175,15 @@ def step_table(repeat: int, K: int = 3, batch: int = 32) -> None:
         print(f"| {name} | {us / 1e3:.2f}{ratio} |")
 
 
-def quartiles(values: List[float]) -> Tuple[float, float, float]:
-    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return q1, median, q3
+def ratio_summary(ratios: List[float]) -> Dict[str, float]:
+    """Median, quartiles, and a distribution-free 95% confidence interval of the median (the order statistics of
+    ranks n/2 - 0.98 sqrt(n) and 1 + n/2 + 0.98 sqrt(n), counted from 1): the quartiles show a round's noise,
+    the interval how well the median is pinned down."""
+    q1, median, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    ordered, n = sorted(ratios), len(ratios)
+    half = 0.98 * math.sqrt(n)
+    return {"median": median, "q1": q1, "q3": q3, "ci95_low": ordered[max(0, math.floor(n / 2 - half) - 1)],
+            "ci95_high": ordered[min(n - 1, math.ceil(n / 2 + half))]}
 
 
 def step_ratios(K: int, rounds: int, inner: int, batch: int = 32) -> Dict[str, Dict[str, float]]:
@@ -204,9 +211,9 @@ def step_ratios(K: int, rounds: int, inner: int, batch: int = 32) -> Dict[str, D
     for name, times in samples.items():
         row = {}
         for clock in ("wall", "cpu"):
-            q1, median, q3 = quartiles([t / b for t, b in zip(times[clock], base[clock])])
-            row.update({f"{clock}_ratio_median": median, f"{clock}_ratio_q1": q1, f"{clock}_ratio_q3": q3,
-                        f"{clock}_ms_median": statistics.median(times[clock]) * 1e3})
+            summary = ratio_summary([t / b for t, b in zip(times[clock], base[clock])])
+            row.update({f"{clock}_ratio_{key}": value for key, value in summary.items()})
+            row[f"{clock}_ms_median"] = statistics.median(times[clock]) * 1e3
         results[name] = row
     return results
 
@@ -223,11 +230,13 @@ def ratio_report(ks: List[int], rounds: int, inner: int, output: Optional[str]) 
         results = step_ratios(K, rounds, inner)
         report["results"][f"K={K}"] = results
         print(f"\nwhole training step with Adam, origin network, K = {K}, {rounds} rounds of {inner}: ratio to "
-              f"PCGrad's step in the same round, median [q1, q3]")
+              f"PCGrad's step in the same round: median, quartiles [q1, q3], 95% interval of the median (ci)")
+        print("| step | wall | cpu |\n|---|---|---|")
         for name, row in results.items():
-            print(f"| {name} | wall {row['wall_ratio_median']:.3f} [{row['wall_ratio_q1']:.3f}, "
-                  f"{row['wall_ratio_q3']:.3f}] ({row['wall_ms_median']:.1f} ms) | cpu {row['cpu_ratio_median']:.3f} "
-                  f"[{row['cpu_ratio_q1']:.3f}, {row['cpu_ratio_q3']:.3f}] ({row['cpu_ms_median']:.1f} ms) |")
+            cells = [f"{row[f'{c}_ratio_median']:.3f} [{row[f'{c}_ratio_q1']:.3f}, {row[f'{c}_ratio_q3']:.3f}] ci "
+                     f"({row[f'{c}_ratio_ci95_low']:.3f}, {row[f'{c}_ratio_ci95_high']:.3f}), "
+                     f"{row[f'{c}_ms_median']:.1f} ms" for c in ("wall", "cpu")]
+            print(f"| {name} | " + " | ".join(cells) + " |")
     report["environment"]["load_average_after"] = os.getloadavg()
     print(f"load average before {load_before}, after {report['environment']['load_average_after']}")
     if output:
