@@ -1,4 +1,8 @@
-"""What ExcessMTL and MoCo share: state shaped like the Jacobian's chunks (K x P in all), carried across steps."""
+"""What ExcessMTL and MoCo share: state shaped like the Jacobian's chunks (K x P in all), carried across steps.
+
+A step writes its candidate state into a spare set of buffers and then commits it with one ``torch.where`` into
+the state's own buffers: whether the step was finite is known only on the device, so the two cannot simply be
+swapped without a host sync, and the buffers are kept so that a step allocates nothing of size K x P."""
 from __future__ import annotations
 
 from typing import List, Optional
@@ -23,6 +27,17 @@ def check_state_shapes(state: Optional[List[Tensor]], chunks: List[Tensor], meth
     return True
 
 
-def keep_where(finite: Tensor, new: List[Tensor], old: List[Tensor]) -> List[Tensor]:
-    """``new`` where the step was finite, else ``old``, chunk by chunk."""
-    return [torch.where(finite, n, o) for n, o in zip(new, old)]
+def zero_state(chunks: List[Tensor]) -> List[Tensor]:
+    """Zeros shaped like the chunks, in the state dtype."""
+    return [torch.zeros(c.shape, dtype=state_dtype(c), device=c.device) for c in chunks]
+
+
+def spare_buffers(state: List[Tensor]) -> List[Tensor]:
+    """Uninitialised buffers laid out like ``state``, for a step's candidate state or its scratch."""
+    return [torch.empty_like(s) for s in state]
+
+
+def commit(finite: Tensor, new: List[Tensor], state: List[Tensor]) -> None:
+    """``state`` becomes ``new`` where the step was finite, and stays as it was otherwise, in place."""
+    for n, s in zip(new, state):
+        torch.where(finite, n, s, out=s)

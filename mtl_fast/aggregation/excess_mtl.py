@@ -10,7 +10,7 @@ from torch import Tensor
 from .. import _ops
 from .._checks import check_number
 from .._nonfinite import nan_unless
-from ._jacobian_state import check_state_shapes, keep_where, state_dtype
+from ._jacobian_state import check_state_shapes, commit, spare_buffers, zero_state
 from .bases import Aggregator
 
 __all__ = ["ExcessMTL"]
@@ -59,23 +59,30 @@ class ExcessMTL(Aggregator):
         """Forgets every statistic: the next step starts from uniform weights and warms up again."""
         self.squared_sums: Optional[List[Tensor]] = None
         self.vectors: Dict[str, Tensor] = {}
+        # a step's new S, and room to build E in, laid out like S and reused from step to step
+        self.candidate: Optional[List[Tensor]] = None
+        self.scratch: Optional[List[Tensor]] = None
 
     def aggregate_chunks(self, chunks: List[Tensor]) -> List[Tensor]:
         K, device = chunks[0].shape[0], chunks[0].device
         if not check_state_shapes(self.squared_sums, chunks, "ExcessMTL"):
-            self.squared_sums = [torch.zeros(c.shape, dtype=state_dtype(c), device=device) for c in chunks]
+            self.squared_sums = zero_state(chunks)
             zeros = torch.zeros(K, dtype=torch.float64, device=device)
             # every counter and flag is a tensor, so that warm-up and baseline need no host sync
             self.vectors = {"alpha": zeros + 1.0 / K, "baseline": zeros, "warmup_sum": zeros,
                             "steps": zeros[0], "has_baseline": zeros[0]}
-        v = self.vectors
-        squares = [c.to(state_dtype(c)) ** 2 for c in chunks]
-        sums = [s + q for s, q in zip(self.squared_sums, squares)]
-        excess = sum((q * (s + EXCESS_EPS).rsqrt()).reshape(K, -1).sum(1, dtype=torch.float64)
-                     for q, s in zip(squares, sums))
+        if self.candidate is None:
+            self.candidate, self.scratch = spare_buffers(self.squared_sums), spare_buffers(self.squared_sums)
+        v, sums = self.vectors, self.candidate
+        for s, c, n in zip(self.squared_sums, chunks, sums):
+            torch.addcmul(s, c, c, out=n)
+        # g^2 / sqrt(S + eps) in place in the scratch, summed in the state dtype: the terms are nonnegative, so
+        # that loses nothing that matters, and a float64 sum would first copy the whole scratch to float64
+        excess = sum(torch.add(n, EXCESS_EPS, out=r).rsqrt_().mul_(c).mul_(c).reshape(K, -1).sum(1).double()
+                     for n, r, c in zip(sums, self.scratch, chunks))
         # a NaN or inf in J reaches E: a check of K numbers instead of a pass over J
         finite = torch.isfinite(excess).all()
-        sums = keep_where(finite, sums, self.squared_sums)
+        commit(finite, sums, self.squared_sums)
         steps = v["steps"] + finite.double()
         warming = finite & (steps <= self.n_warmup_steps)
         warmup_sum = torch.where(warming, v["warmup_sum"] + excess, v["warmup_sum"])
@@ -85,7 +92,6 @@ class ExcessMTL(Aggregator):
                                v["baseline"])
         ratio = torch.where(baseline > 0, excess / torch.where(baseline > 0, baseline, 1.0), 0.0)
         alpha = torch.where(weighing, torch.softmax(v["alpha"].log() + self.robust_step_size * ratio, 0), v["alpha"])
-        self.squared_sums = sums
         self.vectors = {"alpha": alpha, "baseline": baseline, "warmup_sum": warmup_sum, "steps": steps,
                         "has_baseline": torch.where(weighing, 1.0, v["has_baseline"])}
         return _ops.combine(chunks, nan_unless(finite, alpha))

@@ -10,7 +10,7 @@ from torch import Tensor
 from .. import _ops
 from .._checks import check_number
 from .._nonfinite import nan_unless
-from ._jacobian_state import check_state_shapes, keep_where, state_dtype
+from ._jacobian_state import check_state_shapes, commit, spare_buffers, zero_state
 from ._utils import project_onto_simplex
 from .bases import Aggregator
 
@@ -59,20 +59,24 @@ class MoCo(Aggregator):
         self.tracked: Optional[List[Tensor]] = None
         self.lambda_: Optional[Tensor] = None
         self.step: Optional[Tensor] = None  # finite steps so far, a tensor: counting needs no host sync
+        self.candidate: Optional[List[Tensor]] = None  # a step's new Y, laid out like Y and reused
 
     def aggregate_chunks(self, chunks: List[Tensor]) -> List[Tensor]:
         K, device = chunks[0].shape[0], chunks[0].device
         if not check_state_shapes(self.tracked, chunks, "MoCo"):
-            self.tracked = [torch.zeros(c.shape, dtype=state_dtype(c), device=device) for c in chunks]
+            self.tracked = zero_state(chunks)
             self.lambda_ = torch.full((K,), 1.0 / K, dtype=torch.float64, device=device)
             self.step = torch.zeros((), dtype=torch.float64, device=device)
+        if self.candidate is None:
+            self.candidate = spare_buffers(self.tracked)
         t = self.step + 1.0
         rate = (self.beta / t ** self.beta_sigma).to(self.tracked[0].dtype)
-        tracked = [torch.lerp(y, c.to(y.dtype), rate) for y, c in zip(self.tracked, chunks)]
+        tracked = [torch.lerp(y, c.to(y.dtype), rate, out=n)
+                   for y, c, n in zip(self.tracked, chunks, self.candidate)]
         G = _ops.gram(tracked)
         # a NaN or inf in J reaches the Gram of the new Y: a K x K check instead of a pass over J
         finite = torch.isfinite(G).all()
-        self.tracked = keep_where(finite, tracked, self.tracked)
+        commit(finite, tracked, self.tracked)
         step = self.gamma / t ** self.gamma_sigma
         lam = project_onto_simplex(self.lambda_ - step * (G @ self.lambda_ + self.rho * self.lambda_))
         self.lambda_ = torch.where(finite, lam, self.lambda_)

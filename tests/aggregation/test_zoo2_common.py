@@ -109,6 +109,21 @@ def test_jacobian_state_dict_round_trip_and_shape_check(name):
     assert not agg.representation_level_ok
 
 
+@pytest.mark.parametrize("name", ["ExcessMTL", "MoCo"])
+def test_jacobian_state_updated_in_place_leaves_checkpoints_alone(name):
+    # the steps write the state into buffers they keep: never into what state_dict() returned or
+    # load_state_dict() was given
+    agg, resumed = ON_J[name](), ON_J[name]()
+    mf.aggregate(jacobian(4), agg)
+    checkpoint = agg.state_dict()
+    kept = snapshot(checkpoint)
+    resumed.load_state_dict(checkpoint)
+    for J in (jacobian(4, seed=1), jacobian(4, seed=2) * float("inf"), jacobian(4, seed=3)):
+        assert torch.allclose(mf.aggregate(J, agg), mf.aggregate(J, resumed), rtol=0, atol=0, equal_nan=True)
+    assert same_state(checkpoint, kept)
+
+
+
 @pytest.mark.parametrize("name", sorted(GRAM) + sorted(ON_J))
 def test_backward_and_fork(name):
     torch.manual_seed(0)
