@@ -1,11 +1,11 @@
 """What ExcessMTL and MoCo share: state shaped like the Jacobian's chunks (K x P in all), carried across steps.
 
-A step writes its candidate state into a spare set of buffers and then commits it with one ``torch.where`` into
-the state's own buffers: whether the step was finite is known only on the device, so the two cannot simply be
-swapped without a host sync, and the buffers are kept so that a step allocates nothing of size K x P."""
+A step writes its candidate state into a spare set of buffers and then commits it (:func:`commit`); the buffers
+are kept, so that a step allocates nothing of size K x P. The state is never differentiated through: it is
+built from the detached Jacobian, so that no step's autograd graph lives on in it."""
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -37,7 +37,14 @@ def spare_buffers(state: List[Tensor]) -> List[Tensor]:
     return [torch.empty_like(s) for s in state]
 
 
-def commit(finite: Tensor, new: List[Tensor], state: List[Tensor]) -> None:
-    """``state`` becomes ``new`` where the step was finite, and stays as it was otherwise, in place."""
+def commit(finite: Tensor, new: List[Tensor], state: List[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
+    """The state after a step, and the spare buffers: ``new`` if the step was finite, else ``state`` as it was.
+
+    On the CPU the flag is read and the two sets of buffers swap; on another device reading it would be a host
+    sync, so one ``torch.where`` writes ``new`` into ``state`` where the step was finite, which costs a pass over
+    K x P instead."""
+    if finite.device.type == "cpu":
+        return (new, state) if bool(finite) else (state, new)
     for n, s in zip(new, state):
         torch.where(finite, n, s, out=s)
+    return state, new

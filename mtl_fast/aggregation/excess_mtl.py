@@ -74,15 +74,16 @@ class ExcessMTL(Aggregator):
         if self.candidate is None:
             self.candidate, self.scratch = spare_buffers(self.squared_sums), spare_buffers(self.squared_sums)
         v, sums = self.vectors, self.candidate
-        for s, c, n in zip(self.squared_sums, chunks, sums):
+        detached = [c.detach() for c in chunks]
+        for s, c, n in zip(self.squared_sums, detached, sums):
             torch.addcmul(s, c, c, out=n)
         # g^2 / sqrt(S + eps) in place in the scratch, summed in the state dtype: the terms are nonnegative, so
         # that loses nothing that matters, and a float64 sum would first copy the whole scratch to float64
         excess = sum(torch.add(n, EXCESS_EPS, out=r).rsqrt_().mul_(c).mul_(c).reshape(K, -1).sum(1).double()
-                     for n, r, c in zip(sums, self.scratch, chunks))
+                     for n, r, c in zip(sums, self.scratch, detached))
         # a NaN or inf in J reaches E: a check of K numbers instead of a pass over J
         finite = torch.isfinite(excess).all()
-        commit(finite, sums, self.squared_sums)
+        self.squared_sums, self.candidate = commit(finite, sums, self.squared_sums)
         steps = v["steps"] + finite.double()
         warming = finite & (steps <= self.n_warmup_steps)
         warmup_sum = torch.where(warming, v["warmup_sum"] + excess, v["warmup_sum"])

@@ -71,12 +71,12 @@ class MoCo(Aggregator):
             self.candidate = spare_buffers(self.tracked)
         t = self.step + 1.0
         rate = (self.beta / t ** self.beta_sigma).to(self.tracked[0].dtype)
-        tracked = [torch.lerp(y, c.to(y.dtype), rate, out=n)
+        tracked = [torch.lerp(y, c.detach().to(y.dtype), rate, out=n)
                    for y, c, n in zip(self.tracked, chunks, self.candidate)]
         G = _ops.gram(tracked)
         # a NaN or inf in J reaches the Gram of the new Y: a K x K check instead of a pass over J
         finite = torch.isfinite(G).all()
-        commit(finite, tracked, self.tracked)
+        self.tracked, self.candidate = commit(finite, tracked, self.tracked)
         step = self.gamma / t ** self.gamma_sigma
         lam = project_onto_simplex(self.lambda_ - step * (G @ self.lambda_ + self.rho * self.lambda_))
         self.lambda_ = torch.where(finite, lam, self.lambda_)

@@ -163,3 +163,14 @@ def test_weights_differentiable_in_g(name):
     # Krum and Random are piecewise constant in G: their weights carry no autograd history
     G = (jacobian(4) @ jacobian(4).T).requires_grad_(True)
     assert torch.autograd.gradcheck(lambda G: gram_weights(GRAM[name](), (G + G.T) / 2), (G,), eps=1e-6, atol=1e-4)
+
+
+@pytest.mark.parametrize("make", [mf.ExcessMTL, mf.MoCo], ids=["ExcessMTL", "MoCo"])
+def test_jacobian_state_of_a_jacobian_that_requires_grad_holds_no_graph(make):
+    """A J that requires grad is aggregated like its detached copy, and the state holds no autograd graph."""
+    J = torch.randn(3, 40, dtype=torch.float64, requires_grad=True)
+    with_grad, detached = make(), make()
+    for _ in range(2):
+        torch.testing.assert_close(mf.aggregate(J, with_grad).detach(), mf.aggregate(J.detach(), detached))
+    state = with_grad.state_dict()
+    assert all(not t.requires_grad for t in state[next(iter(state))])
